@@ -1,0 +1,353 @@
+"""Decoding paths through the time cube, as continuous maps and as discrete grids.
+
+A path is ``s -> tau(s)`` for s in [0, 1]: every component non-increasing, ``tau(0) = 1``,
+``tau(1) = 0`` (prompt tokens sit at 0 throughout). AR decoding is a staircase through the cube,
+diffusion the diagonal (THEORY section 4, claim C2). A grid ``T`` of shape ``(K+1, L)`` samples a
+path at K+1 values of s, with ``T[0] = 1``, ``T[K] = 0``, rows non-increasing, and puts points on
+the path's knots (where it is not smooth) whenever the step budget allows.
+
+Each path is parametrised by a *clock* ``p = s P`` in which its knots have simple values
+(block index for a staircase, token index for a rolling window), so that grids hit knots
+exactly in floating point. Derivation: proofs/p02_path_invariance.md.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "IndependentTimes",
+    "MixtureTimes",
+    "Path",
+    "PathTimes",
+    "PrefixTimes",
+    "Rolling",
+    "Staircase",
+    "Synchronous",
+    "TimeSampler",
+    "as_grid",
+    "validate_grid",
+]
+
+_SNAP = 1e-12  # grid values this close to 0 or 1 are snapped onto the end (rounding at knots)
+
+
+def _check_length(length: int) -> int:
+    if isinstance(length, bool) or not isinstance(length, int):
+        raise TypeError(f"length must be an int, got {type(length).__name__}")
+    if length < 1:
+        raise ValueError(f"length must be >= 1, got {length}")
+    return length
+
+
+def _check_steps(steps: int) -> int:
+    if isinstance(steps, bool) or not isinstance(steps, int):
+        raise TypeError(f"steps must be an int, got {type(steps).__name__}")
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    return steps
+
+
+def _allocate(widths: list[float], steps: int) -> list[int]:
+    """Split ``steps`` over intervals: one each, the rest in proportion to width (largest remainder)."""
+    n = len(widths)
+    total = sum(widths)
+    extra = steps - n
+    shares = [extra * w / total for w in widths]
+    counts = [1 + int(x) for x in shares]
+    order = sorted(range(n), key=lambda j: -(shares[j] - int(shares[j])))
+    for j in order[: steps - sum(counts)]:
+        counts[j] += 1
+    return counts
+
+
+class Path:
+    """A decoding path ``s -> tau(s)`` through the time cube (THEORY section 4, claim C2).
+
+    Subclasses give the clock length ``P`` (``s = p / P``), the time of every token as a function
+    of the clock, its clock derivative, and the interior knots in clock units.
+    Derivation: proofs/p02_path_invariance.md.
+    """
+
+    def clock(self, length: int) -> float:
+        """Total clock length ``P`` for a sequence of ``length`` tokens."""
+        return 1.0
+
+    def knot_clocks(self, length: int) -> list[float]:
+        """Clock values in ``(0, P)`` where the path is not smooth, sorted."""
+        return []
+
+    def _tau_clock(self, p: Tensor, length: int) -> Tensor:  # p (n,) -> (n, L)
+        raise NotImplementedError
+
+    def _dtau_dclock(self, p: Tensor, length: int) -> Tensor:  # p (n,) -> (n, L)
+        raise NotImplementedError
+
+    def tau(self, s: Tensor, length: int) -> Tensor:
+        """Token times ``tau(s)`` of shape ``(n, length)`` for path parameters ``s`` of shape ``(n,)``."""
+        _check_length(length)
+        s = torch.as_tensor(s, dtype=torch.float64)
+        return self._tau_clock(s * self.clock(length), length).clamp(0.0, 1.0)
+
+    def dtau(self, s: Tensor, length: int) -> Tensor:
+        """``d tau / ds`` (right derivative at knots), shape ``(n, length)``, entries <= 0."""
+        _check_length(length)
+        s = torch.as_tensor(s, dtype=torch.float64)
+        return self._dtau_dclock(s * self.clock(length), length) * self.clock(length)
+
+    def knots(self, length: int) -> Tensor:
+        """Interior knots of the path in s, shape ``(n_knots,)``."""
+        P = self.clock(length)
+        return torch.tensor([k / P for k in self.knot_clocks(length)], dtype=torch.float64)
+
+    def check_steps(self, length: int, steps: int) -> None:
+        """Raise ``ValueError`` if this path cannot be gridded with ``steps`` steps."""
+        _check_steps(steps)
+
+    def grid_clocks(self, length: int, steps: int) -> Tensor:
+        """The ``steps + 1`` clock values of the grid: knots first, the rest spread by width."""
+        P = self.clock(length)
+        ends = [0.0, *self.knot_clocks(length), P]
+        if steps < len(ends) - 1:  # budget too small for every knot: uniform in the clock
+            return torch.linspace(0.0, P, steps + 1, dtype=torch.float64)
+        counts = _allocate([b - a for a, b in itertools.pairwise(ends)], steps)
+        pieces = [
+            a + (b - a) * torch.arange(m, dtype=torch.float64) / m
+            for a, b, m in zip(ends[:-1], ends[1:], counts, strict=True)
+        ]
+        return torch.cat([*pieces, torch.tensor([P], dtype=torch.float64)])
+
+    def grid(self, length: int, steps: int, dtype: torch.dtype = torch.float64) -> Tensor:
+        """Per-token time grid of shape ``(steps + 1, length)``, from ones to zeros, knots included.
+
+        ``steps`` is the number of grid intervals, i.e. network calls for a one-evaluation
+        solver. Rows are non-increasing; values within 1e-12 of an end are snapped onto it.
+        """
+        _check_length(length)
+        self.check_steps(length, steps)
+        T = self._tau_clock(self.grid_clocks(length, steps), length).clamp(0.0, 1.0)
+        T = torch.where(T < _SNAP, 0.0, torch.where(T > 1.0 - _SNAP, 1.0, T))
+        T[0], T[-1] = 1.0, 0.0
+        return T.to(dtype)
+
+
+class Synchronous(Path):
+    """Diffusion: every token follows ``t_i(s) = 1 - s`` (THEORY section 4).
+
+    Derivation: proofs/p02_path_invariance.md.
+    """
+
+    def _tau_clock(self, p: Tensor, length: int) -> Tensor:
+        return (1.0 - p)[:, None].expand(-1, length).clone()
+
+    def _dtau_dclock(self, p: Tensor, length: int) -> Tensor:
+        return torch.full((p.shape[0], length), -1.0, dtype=torch.float64)
+
+    def __repr__(self) -> str:
+        return "Synchronous()"
+
+
+class Staircase(Path):
+    """Blocks of ``block`` tokens go 1 -> 0 left to right while the rest wait (THEORY section 4).
+
+    ``block = 1`` with one step per token is AR; ``block = L`` is synchronous diffusion; between
+    is block (semi-AR) diffusion. The clock counts blocks: block j moves for p in [j, j + 1].
+    ``steps`` must be a multiple of the number of blocks. Derivation: proofs/p02_path_invariance.md.
+    """
+
+    def __init__(self, block: int = 1):
+        if isinstance(block, bool) or not isinstance(block, int):
+            raise TypeError(f"block must be an int, got {type(block).__name__}")
+        if block < 1:
+            raise ValueError(f"block must be >= 1, got {block}")
+        self.block = block
+
+    def n_blocks(self, length: int) -> int:
+        """Number of blocks, ``ceil(length / block)``."""
+        return -(-length // self.block)
+
+    def clock(self, length: int) -> float:
+        return float(self.n_blocks(length))
+
+    def knot_clocks(self, length: int) -> list[float]:
+        return [float(j) for j in range(1, self.n_blocks(length))]
+
+    def check_steps(self, length: int, steps: int) -> None:
+        _check_steps(steps)
+        n = self.n_blocks(length)
+        if steps % n:
+            raise ValueError(
+                f"steps must be a multiple of the number of blocks for Staircase(block={self.block}) "
+                f"on length {length} ({n} blocks); got steps={steps}"
+            )
+
+    def _block_of(self, length: int) -> Tensor:
+        return torch.arange(length, dtype=torch.float64).div(self.block).floor()
+
+    def _tau_clock(self, p: Tensor, length: int) -> Tensor:
+        return (self._block_of(length)[None, :] + 1.0 - p[:, None]).clamp(0.0, 1.0)
+
+    def _dtau_dclock(self, p: Tensor, length: int) -> Tensor:
+        b = self._block_of(length)[None, :]
+        moving = (p[:, None] >= b) & (p[:, None] < b + 1.0)
+        return torch.where(moving, -1.0, 0.0).to(torch.float64)
+
+    def __repr__(self) -> str:
+        return f"Staircase(block={self.block})"
+
+
+class Rolling(Path):
+    """A ramp of width ``window`` tokens slides left to right (THEORY section 4).
+
+        t_i(s) = clip((i + W - s (L + W)) / W, 0, 1),   i = 0..L-1.
+
+    ``W -> 0`` tends to the AR staircase, ``W -> inf`` to synchronous. The clock is
+    ``p = s (L + W)``; token i moves for p in [i, i + W]. Derivation: proofs/p02_path_invariance.md.
+    """
+
+    def __init__(self, window: float = 4.0):
+        if isinstance(window, bool) or not isinstance(window, int | float):
+            raise TypeError(f"window must be a number, got {type(window).__name__}")
+        if not (window > 0 and window < float("inf")):
+            raise ValueError(f"window must be positive and finite, got {window}")
+        self.window = float(window)
+
+    def clock(self, length: int) -> float:
+        return length + self.window
+
+    def knot_clocks(self, length: int) -> list[float]:
+        P = self.clock(length)
+        ks = {float(i) for i in range(length)} | {i + self.window for i in range(length)}
+        return sorted(k for k in ks if 0.0 < k < P)
+
+    def _tau_clock(self, p: Tensor, length: int) -> Tensor:
+        i = torch.arange(length, dtype=torch.float64)[None, :]
+        return ((i + self.window - p[:, None]) / self.window).clamp(0.0, 1.0)
+
+    def _dtau_dclock(self, p: Tensor, length: int) -> Tensor:
+        i = torch.arange(length, dtype=torch.float64)[None, :]
+        moving = (p[:, None] >= i) & (p[:, None] < i + self.window)
+        return torch.where(moving, -1.0 / self.window, 0.0).to(torch.float64)
+
+    def __repr__(self) -> str:
+        return f"Rolling(window={self.window:g})"
+
+
+def validate_grid(grid: Tensor, name: str = "grid") -> Tensor:
+    """Check a time grid ``(K+1, L)`` or ``(K+1, B, L)`` and return it in float64.
+
+    Rules (THEORY section 4): at least two rows; finite entries in [0, 1]; every column
+    non-increasing; last row all zeros; first row 1 except for prompt columns, which are 0
+    throughout. Each failure is a ``ValueError`` naming ``name``.
+    """
+    if not isinstance(grid, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor, got {type(grid).__name__}")
+    if not grid.is_floating_point():
+        raise TypeError(f"{name} must be a floating-point tensor, got dtype {grid.dtype}")
+    if grid.ndim not in (2, 3) or grid.shape[0] < 2 or grid.shape[-1] < 1:
+        raise ValueError(f"{name} must have shape (K+1, L) or (K+1, B, L) with K >= 1; got {tuple(grid.shape)}")
+    g = grid.to(torch.float64)
+    if not bool(((g >= 0) & (g <= 1)).all()):
+        raise ValueError(f"{name} entries must be finite and lie in [0, 1]")
+    if bool((g[1:] > g[:-1]).any()):
+        raise ValueError(f"{name} must be non-increasing along its first (step) axis")
+    if bool((g[-1] != 0).any()):
+        raise ValueError(f"{name} must end at 0 (its last row must be all zeros)")
+    prompt = (g == 0).all(dim=0)
+    if bool(((g[0] != 1) & ~prompt).any()):
+        raise ValueError(f"{name} must start at 1 (first row), except prompt columns that stay at 0 throughout")
+    return g
+
+
+def as_grid(path: Path | Sequence[Path] | Tensor, length: int, steps: int | None, batch: int) -> Tensor:
+    """Resolve a path argument into a validated grid of shape ``(K+1, B, L)`` in float64.
+
+    ``path`` may be a :class:`Path` (shared by the batch), a sequence of ``batch`` paths (one
+    per sequence, gridded with the same ``steps``), or an explicit grid tensor ``(K+1, L)`` or
+    ``(K+1, B, L)`` (then ``steps`` must be None or equal K).
+    """
+    if isinstance(path, Tensor):
+        g = validate_grid(path, "path")
+        if steps is not None and steps != g.shape[0] - 1:
+            raise ValueError(f"steps={steps} disagrees with the grid passed as path ({g.shape[0] - 1} steps)")
+        if g.shape[-1] != length:
+            raise ValueError(f"path grid has {g.shape[-1]} columns but the sequence length is {length}")
+        if g.ndim == 3 and g.shape[1] != batch:
+            raise ValueError(f"path grid has batch {g.shape[1]} but z has batch {batch}")
+        return g if g.ndim == 3 else g[:, None, :].expand(-1, batch, -1)
+    if steps is None:
+        raise ValueError("steps is required when path is a Path object")
+    if isinstance(path, Path):
+        return path.grid(length, steps)[:, None, :].expand(-1, batch, -1)
+    if isinstance(path, Sequence) and all(isinstance(p, Path) for p in path):
+        if len(path) != batch:
+            raise ValueError(f"path holds {len(path)} paths but z has batch {batch}")
+        return torch.stack([p.grid(length, steps) for p in path], dim=1)
+    raise TypeError(f"path must be a Path, a sequence of Paths or a grid tensor, got {type(path).__name__}")
+
+
+class TimeSampler:
+    """Training-time distribution over time vectors ``tau`` of shape ``(B, L)`` (THEORY section 4)."""
+
+    def sample(self, batch: int, length: int, generator: torch.Generator | None = None) -> Tensor:
+        """Draw ``(batch, length)`` times in [0, 1] (float64)."""
+        raise NotImplementedError
+
+
+class IndependentTimes(TimeSampler):
+    """Every token's time drawn independently, ``t_i ~ U[0, 1]`` (diffusion forcing).
+
+    Its minimiser is the posterior mean, but its weighted loss is not a path bound (claim C9).
+    """
+
+    def sample(self, batch: int, length: int, generator: torch.Generator | None = None) -> Tensor:
+        return torch.rand(batch, length, generator=generator, dtype=torch.float64)
+
+
+class PathTimes(TimeSampler):
+    """``s ~ U[0, 1]`` per sequence, then ``tau = path.tau(s)``: times on a decoding path (C9)."""
+
+    def __init__(self, path: Path):
+        if not isinstance(path, Path):
+            raise TypeError(f"path must be a Path, got {type(path).__name__}")
+        self.path = path
+
+    def sample(self, batch: int, length: int, generator: torch.Generator | None = None) -> Tensor:
+        s = torch.rand(batch, generator=generator, dtype=torch.float64)
+        return self.path.tau(s, length)
+
+
+class PrefixTimes(TimeSampler):
+    """A clean prefix of uniform length in 0..L-1 at t = 0; the suffix at one shared ``t ~ U[0, 1]``
+    (or independent times per token when ``independent=True``)."""
+
+    def __init__(self, independent: bool = False):
+        self.independent = bool(independent)
+
+    def sample(self, batch: int, length: int, generator: torch.Generator | None = None) -> Tensor:
+        cut = torch.randint(0, length, (batch, 1), generator=generator)
+        shape = (batch, length) if self.independent else (batch, 1)
+        t = torch.rand(shape, generator=generator, dtype=torch.float64).expand(batch, length)
+        return torch.where(torch.arange(length)[None, :] < cut, 0.0, t)
+
+
+class MixtureTimes(TimeSampler):
+    """Per sequence, pick sampler j with probability ``weights[j]`` and draw from it."""
+
+    def __init__(self, samplers: Sequence[TimeSampler], weights: Sequence[float] | None = None):
+        if not samplers or not all(isinstance(s, TimeSampler) for s in samplers):
+            raise TypeError("samplers must be a non-empty sequence of TimeSampler objects")
+        w = torch.ones(len(samplers)) if weights is None else torch.as_tensor(weights, dtype=torch.float64)
+        if w.shape != (len(samplers),) or not bool((w >= 0).all()) or not float(w.sum()) > 0:
+            raise ValueError("weights must be non-negative, one per sampler, with a positive sum")
+        self.samplers = list(samplers)
+        self.weights = w / w.sum()
+
+    def sample(self, batch: int, length: int, generator: torch.Generator | None = None) -> Tensor:
+        pick = torch.multinomial(self.weights, batch, replacement=True, generator=generator)
+        draws = torch.stack([s.sample(batch, length, generator) for s in self.samplers])  # (J, B, L)
+        return draws[pick, torch.arange(batch)]

@@ -1,0 +1,152 @@
+"""The forward process and the one place where a denoiser's output becomes a vector field.
+
+Forward process per token (THEORY section 2): ``q(z_i | x_i, t_i) = N(alpha(t_i) e_{x_i}, sigma(t_i)^2 I)``.
+A denoiser maps ``(z, tau)`` to per-token logits; ``ehat = softmax(logits) @ E`` is the
+posterior-mean embedding, and from it (THEORY section 3, claim C1)
+
+    epshat_i = (z_i - alpha_i ehat_i) / sigma_i
+    u_i      = sigma'_i epshat_i + alpha'_i ehat_i
+             = (sigma'_i / sigma_i) z_i + (alpha'_i - alpha_i sigma'_i / sigma_i) ehat_i
+    score_i  = (alpha_i ehat_i - z_i) / sigma_i^2 = -epshat_i / sigma_i
+
+Solvers, the ELBO and the likelihood call these functions; none re-derives them.
+At ``sigma = 0`` (the clean end, where the density is degenerate) ``epshat`` and ``score`` are
+defined as 0: a committed token carries no noise estimate. Derivation: proofs/p01_continuity.md.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol, runtime_checkable
+
+import torch
+from torch import Tensor
+
+from evoflow.schedules import Schedule
+
+__all__ = [
+    "Denoiser",
+    "DenoiserOutput",
+    "check_denoiser",
+    "epsilon",
+    "posterior_mean",
+    "posterior_probs",
+    "q_sample",
+    "score",
+    "step_posterior",
+    "velocity",
+]
+
+
+@dataclass
+class DenoiserOutput:
+    """What a denoiser returns for ``(z, tau)``.
+
+    ``logits`` (B, L, V): unnormalised ``log p(x_i = v | z, tau)``. ``time`` (B, L) or None: the
+    model's own estimate of each token's progression time (THEORY section 8; not in the ELBO).
+    """
+
+    logits: Tensor
+    time: Tensor | None = None
+
+
+@runtime_checkable
+class Denoiser(Protocol):
+    """The interface shared by the exact oracles and the Transformer (THEORY sections 7-8).
+
+    ``denoiser(z, tau) -> DenoiserOutput`` with ``z`` (B, L, d) and ``tau`` (B, L); the object
+    carries its ``schedule`` and its ``embeddings`` (V, d).
+    """
+
+    schedule: Schedule
+    embeddings: Tensor
+
+    def __call__(self, z: Tensor, tau: Tensor) -> DenoiserOutput: ...
+
+
+def check_denoiser(denoiser: object, name: str = "denoiser") -> None:
+    """Raise ``TypeError`` naming ``name`` unless it is callable with a Schedule and embeddings."""
+    if not callable(denoiser):
+        raise TypeError(f"{name} must be callable as {name}(z, tau) -> DenoiserOutput")
+    if not isinstance(getattr(denoiser, "schedule", None), Schedule):
+        raise TypeError(f"{name} must carry a Schedule as .schedule")
+    emb = getattr(denoiser, "embeddings", None)
+    if not isinstance(emb, Tensor) or emb.ndim != 2:
+        raise TypeError(f"{name} must carry its embedding table (V, d) as .embeddings")
+
+
+def _coef(values: Tensor, like: Tensor) -> Tensor:
+    """Per-token coefficient (B, L) -> (B, L, 1) in the dtype of ``like``."""
+    return values.to(like.dtype)[..., None]
+
+
+def q_sample(
+    x: Tensor, tau: Tensor, embeddings: Tensor, schedule: Schedule, generator: torch.Generator | None = None
+) -> Tensor:
+    """Draw ``z ~ q(z | x, tau) = N(alpha(tau) e_x, sigma(tau)^2 I)``; x (B, L) ids -> z (B, L, d)."""
+    e = embeddings[x]  # (B, L, d)
+    noise = torch.randn(e.shape, generator=generator, dtype=e.dtype, device=e.device)
+    return _coef(schedule.alpha(tau), e) * e + _coef(schedule.sigma(tau), e) * noise
+
+
+def step_posterior(
+    z_t: Tensor, e: Tensor, t: Tensor, s: Tensor, schedule: Schedule
+) -> tuple[Tensor, Tensor]:
+    """Gaussian step posterior ``q(z_s | z_t, x) = N(mu, sig2 I)`` per token (THEORY section 2).
+
+        alpha_{t|s} = alpha_t / alpha_s,   sigma_{t|s}^2 = sigma_t^2 - alpha_{t|s}^2 sigma_s^2,
+        mu   = (alpha_{t|s} sigma_s^2 / sigma_t^2) z_t + (alpha_s sigma_{t|s}^2 / sigma_t^2) e,
+        sig2 = sigma_{t|s}^2 sigma_s^2 / sigma_t^2.
+
+    z_t, e (B, L, d); t, s (B, L) with s <= t. Tokens with ``s == t`` get ``mu = z_t``, ``sig2 = 0``.
+    Returns ``mu`` (B, L, d) and ``sig2`` (B, L). Derivation: proofs/p03_gaussian_step_kl.md.
+    """
+    moving = s < t
+    one = torch.ones_like(t)
+    a_t, a_s = schedule.alpha(t), torch.where(moving, schedule.alpha(s), one)
+    sg_t2 = torch.where(moving, schedule.sigma(t) ** 2, one)
+    sg_s2 = schedule.sigma(s) ** 2
+    a_ts = a_t / a_s
+    sg_ts2 = (sg_t2 - a_ts**2 * sg_s2).clamp_min(0.0)
+    c_z = torch.where(moving, a_ts * sg_s2 / sg_t2, one)
+    c_e = torch.where(moving, a_s * sg_ts2 / sg_t2, 0.0 * one)
+    sig2 = torch.where(moving, sg_ts2 * sg_s2 / sg_t2, 0.0 * one)
+    return _coef(c_z, z_t) * z_t + _coef(c_e, e) * e, sig2
+
+
+def posterior_probs(logits: Tensor) -> Tensor:
+    """``p(x_i = v | z, tau) = softmax(logits)`` over the vocabulary; (B, L, V)."""
+    return torch.softmax(logits, dim=-1)
+
+
+def posterior_mean(logits: Tensor, embeddings: Tensor) -> Tensor:
+    """``ehat_i = sum_v p(x_i = v | z, tau) e_v``; logits (B, L, V), embeddings (V, d) -> (B, L, d)."""
+    probs = posterior_probs(logits)
+    return probs.to(embeddings.dtype) @ embeddings
+
+
+def epsilon(z: Tensor, ehat: Tensor, tau: Tensor, schedule: Schedule) -> Tensor:
+    """Noise estimate ``epshat = (z - alpha ehat) / sigma`` (0 where sigma = 0); (B, L, d)."""
+    sg = schedule.sigma(tau)
+    safe = torch.where(sg > 0, sg, torch.ones_like(sg))
+    eps = (z - _coef(schedule.alpha(tau), z) * ehat) / _coef(safe, z)
+    return torch.where(_coef(sg, z) > 0, eps, torch.zeros_like(eps))
+
+
+def velocity(z: Tensor, ehat: Tensor, tau: Tensor, schedule: Schedule) -> Tensor:
+    """Per-token velocity of claim C1: ``u_i = sigma'_i epshat_i + alpha'_i ehat_i``; (B, L, d).
+
+    For the linear schedule this is ``(z - ehat) / t``. Derivation: proofs/p01_continuity.md.
+    """
+    eps = epsilon(z, ehat, tau, schedule)
+    return _coef(schedule.dsigma(tau), z) * eps + _coef(schedule.dalpha(tau), z) * ehat
+
+
+def score(z: Tensor, ehat: Tensor, tau: Tensor, schedule: Schedule) -> Tensor:
+    """Score ``grad_z log p_tau(z)_i = (alpha_i ehat_i - z_i) / sigma_i^2`` (0 where sigma = 0); (B, L, d).
+
+    Tweedie's formula read backwards. Derivation: proofs/p01_continuity.md.
+    """
+    sg = schedule.sigma(tau)
+    safe = torch.where(sg > 0, sg, torch.ones_like(sg))
+    return -epsilon(z, ehat, tau, schedule) / _coef(safe, z)
