@@ -14,7 +14,7 @@ demo: $(STAMP)
 	$(VENV)/bin/evoflow demo
 
 test: $(STAMP)
-	HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q proofs tests
+	HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q -n 2 proofs tests
 	$(VENV)/bin/ruff check .
 
 lint: $(STAMP)

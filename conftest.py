@@ -1,8 +1,16 @@
-"""Hypothesis profiles shared by tests/ and proofs/ (select with HYPOTHESIS_PROFILE)."""
+"""Shared test settings for tests/ and proofs/: hypothesis profiles (HYPOTHESIS_PROFILE) and threads.
+
+The tests work on tiny tensors, where intra-op threads only add synchronisation (and stall
+badly when the cores are shared), so each test process uses one thread; ``make test`` runs
+two processes (pytest-xdist) instead.
+"""
 
 import os
 
+import torch
 from hypothesis import HealthCheck, settings
+
+torch.set_num_threads(1)
 
 settings.register_profile(
     "ci", deadline=None, max_examples=20, derandomize=True, print_blob=True,

@@ -8,6 +8,8 @@ likelihood (C11) are checked against exact oracles. See THEORY.md in the design 
 ``proofs/``. This package never imports :mod:`evoflow.nn`.
 """
 
+from evoflow import solvers
+from evoflow.likelihood import flow_log_likelihood, log_likelihood
 from evoflow.oracles import MarkovOracle, TableOracle
 from evoflow.paths import (
     IndependentTimes,
@@ -23,6 +25,7 @@ from evoflow.paths import (
 )
 from evoflow.process import DenoiserOutput
 from evoflow.schedules import Cosine, Linear, LogLinear, Schedule, get_schedule
+from evoflow.solve import SolveResult, solve
 
 __all__ = [
     "Cosine",
@@ -37,11 +40,16 @@ __all__ = [
     "PrefixTimes",
     "Rolling",
     "Schedule",
+    "SolveResult",
     "Staircase",
     "Synchronous",
     "TableOracle",
     "TimeSampler",
+    "flow_log_likelihood",
     "get_schedule",
+    "log_likelihood",
+    "solve",
+    "solvers",
     "validate_grid",
 ]
 

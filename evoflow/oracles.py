@@ -239,10 +239,9 @@ class TableOracle(ExactOracle):
         pos = torch.arange(self.length)
         scores = self._log_p + em[:, pos, self._seqs].sum(-1)  # (B, N)
         log_norm = torch.logsumexp(scores, dim=-1)
-        joint = (scores - log_norm[:, None]).exp()  # (B, N)
-        onehot = torch.nn.functional.one_hot(self._seqs, self.vocab).to(_F64)  # (N, L, V)
-        post = torch.einsum("bn,nlv->blv", joint, onehot)
-        return post.log(), log_norm
+        onehot = torch.nn.functional.one_hot(self._seqs, self.vocab).bool()  # (N, L, V)
+        masked = torch.where(onehot, (scores - log_norm[:, None])[:, :, None, None], -math.inf)  # (B, N, L, V)
+        return torch.logsumexp(masked, dim=1), log_norm  # log space: no underflow to log(0)
 
     def log_prob(self, x: Tensor) -> Tensor:
         self._check_tokens(x)
@@ -259,8 +258,8 @@ class TableOracle(ExactOracle):
         return torch.stack([b - a for a, b in itertools.pairwise(cum)], dim=1)
 
     def token_marginals(self, length: int | None = None) -> Tensor:
-        dims = range(self.length)
-        return torch.stack([self.probs.sum(dim=tuple(j for j in dims if j != i)) for i in dims])
+        V = self.vocab
+        return torch.stack([self.probs.movedim(i, 0).reshape(V, -1).sum(1) for i in range(self.length)])
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
         """Draw ``n`` sequences (n, L) from the table."""

@@ -81,6 +81,10 @@ class Path:
         """Clock values in ``(0, P)`` where the path is not smooth, sorted."""
         return []
 
+    def clock_end(self, length: int) -> float:
+        """Clock value from which every token is at 0; grids spend no step beyond it."""
+        return self.clock(length)
+
     def _tau_clock(self, p: Tensor, length: int) -> Tensor:  # p (n,) -> (n, L)
         raise NotImplementedError
 
@@ -110,8 +114,8 @@ class Path:
 
     def grid_clocks(self, length: int, steps: int) -> Tensor:
         """The ``steps + 1`` clock values of the grid: knots first, the rest spread by width."""
-        P = self.clock(length)
-        ends = [0.0, *self.knot_clocks(length), P]
+        P = self.clock_end(length)
+        ends = [0.0, *(k for k in self.knot_clocks(length) if k < P), P]
         if steps < len(ends) - 1:  # budget too small for every knot: uniform in the clock
             return torch.linspace(0.0, P, steps + 1, dtype=torch.float64)
         counts = _allocate([b - a for a, b in itertools.pairwise(ends)], steps)
@@ -206,7 +210,9 @@ class Rolling(Path):
         t_i(s) = clip((i + W - s (L + W)) / W, 0, 1),   i = 0..L-1.
 
     ``W -> 0`` tends to the AR staircase, ``W -> inf`` to synchronous. The clock is
-    ``p = s (L + W)``; token i moves for p in [i, i + W]. Derivation: proofs/p02_path_invariance.md.
+    ``p = s (L + W)``; token i moves for p in [i, i + W]. Every token is clean from
+    ``p = L - 1 + W`` on, so grids end there and spend no step on the idle tail.
+    Derivation: proofs/p02_path_invariance.md.
     """
 
     def __init__(self, window: float = 4.0):
@@ -218,6 +224,9 @@ class Rolling(Path):
 
     def clock(self, length: int) -> float:
         return length + self.window
+
+    def clock_end(self, length: int) -> float:
+        return length - 1 + self.window  # the last token lands here; (L - 1 + W, L + W] is idle
 
     def knot_clocks(self, length: int) -> list[float]:
         P = self.clock(length)

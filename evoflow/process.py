@@ -125,21 +125,32 @@ def posterior_mean(logits: Tensor, embeddings: Tensor) -> Tensor:
     return probs.to(embeddings.dtype) @ embeddings
 
 
+def _eps_coefficients(tau: Tensor, schedule: Schedule) -> tuple[Tensor, Tensor]:
+    """Per-token ``(1 / sigma, alpha / sigma)`` with both set to 0 where sigma = 0; (B, L) each."""
+    sg = schedule.sigma(tau)
+    pos = sg > 0
+    inv = torch.where(pos, 1.0 / torch.where(pos, sg, torch.ones_like(sg)), torch.zeros_like(sg))
+    return inv, schedule.alpha(tau) * inv
+
+
 def epsilon(z: Tensor, ehat: Tensor, tau: Tensor, schedule: Schedule) -> Tensor:
     """Noise estimate ``epshat = (z - alpha ehat) / sigma`` (0 where sigma = 0); (B, L, d)."""
-    sg = schedule.sigma(tau)
-    safe = torch.where(sg > 0, sg, torch.ones_like(sg))
-    eps = (z - _coef(schedule.alpha(tau), z) * ehat) / _coef(safe, z)
-    return torch.where(_coef(sg, z) > 0, eps, torch.zeros_like(eps))
+    inv, a_inv = _eps_coefficients(tau, schedule)
+    return torch.addcmul(-_coef(a_inv, z) * ehat, _coef(inv, z), z)
 
 
 def velocity(z: Tensor, ehat: Tensor, tau: Tensor, schedule: Schedule) -> Tensor:
     """Per-token velocity of claim C1: ``u_i = sigma'_i epshat_i + alpha'_i ehat_i``; (B, L, d).
 
-    For the linear schedule this is ``(z - ehat) / t``. Derivation: proofs/p01_continuity.md.
+    Evaluated as ``c_z z + c_e ehat`` with per-token ``c_z = sigma' / sigma`` and
+    ``c_e = alpha' - alpha sigma' / sigma`` (``c_z = 0``, ``c_e = alpha'`` where sigma = 0), so the
+    (B, L, d) work is two fused operations. For the linear schedule this is ``(z - ehat) / t``.
+    Derivation: proofs/p01_continuity.md.
     """
-    eps = epsilon(z, ehat, tau, schedule)
-    return _coef(schedule.dsigma(tau), z) * eps + _coef(schedule.dalpha(tau), z) * ehat
+    inv, a_inv = _eps_coefficients(tau, schedule)
+    ds = schedule.dsigma(tau)
+    c_z, c_e = ds * inv, schedule.dalpha(tau) - ds * a_inv
+    return torch.addcmul(_coef(c_e, z) * ehat, _coef(c_z, z), z)
 
 
 def score(z: Tensor, ehat: Tensor, tau: Tensor, schedule: Schedule) -> Tensor:
@@ -147,6 +158,5 @@ def score(z: Tensor, ehat: Tensor, tau: Tensor, schedule: Schedule) -> Tensor:
 
     Tweedie's formula read backwards. Derivation: proofs/p01_continuity.md.
     """
-    sg = schedule.sigma(tau)
-    safe = torch.where(sg > 0, sg, torch.ones_like(sg))
-    return -epsilon(z, ehat, tau, schedule) / _coef(safe, z)
+    inv, _ = _eps_coefficients(tau, schedule)
+    return -_coef(inv, z) * epsilon(z, ehat, tau, schedule)

@@ -1,0 +1,126 @@
+"""``solve``: the one loop that carries latents along a path of per-token times.
+
+A *controller* proposes the next time vector from the current one (a fixed grid is the
+trivial controller; the adaptive Evo controller of THEORY section 4 is another); a
+:class:`~evoflow.solvers.Solver` takes the step. Sequences of one batch may follow different
+paths: every token has its own time, so this costs nothing extra. Derivation:
+proofs/p02_path_invariance.md (claim C2).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor
+
+from evoflow.field import Field
+from evoflow.paths import Path, as_grid
+from evoflow.process import check_denoiser
+from evoflow.solvers import Solver, State, get
+
+__all__ = ["Controller", "GridController", "SolveResult", "integrate", "solve"]
+
+
+class Controller:
+    """Chooses the next per-token time vector; ``None`` ends the solve."""
+
+    def start(self) -> Tensor:
+        """The initial times (B, L)."""
+        raise NotImplementedError
+
+    def next(self, t: Tensor, state: State, field: Field) -> Tensor | None:
+        """Times (B, L) after the step from ``t`` (given the state and the field), or None to stop."""
+        raise NotImplementedError
+
+
+class GridController(Controller):
+    """Walk the rows of a fixed time grid ``(K+1, B, L)`` in order."""
+
+    def __init__(self, times: Tensor):
+        self.times = times
+        self._k = 0
+
+    def start(self) -> Tensor:
+        self._k = 0
+        return self.times[0]
+
+    def next(self, t: Tensor, state: State, field: Field) -> Tensor | None:
+        self._k += 1
+        return self.times[self._k] if self._k < self.times.shape[0] else None
+
+
+@dataclass
+class SolveResult:
+    """Outcome of :func:`solve`: final latents ``z`` (B, L, d), final times ``tau`` (B, L), the exact
+    number of denoiser calls ``nfe``, and, when asked for, the visited ``times`` (K+1, B, L) and
+    ``trajectory`` (K+1, B, L, d); ``logdet`` (B,) when a divergence was integrated."""
+
+    z: Tensor
+    tau: Tensor
+    nfe: int
+    times: Tensor | None = None
+    trajectory: Tensor | None = None
+    logdet: Tensor | None = None
+
+
+def integrate(field: Field, solver: Solver, state: State, controller: Controller,
+              generator: torch.Generator | None = None, record: bool = False) -> SolveResult:
+    """Run ``solver`` from ``controller.start()`` until the controller stops; the one solve loop."""
+    t = controller.start()
+    times, traj = ([t], [state.z]) if record else (None, None)
+    while (t_to := controller.next(t, state, field)) is not None:
+        state = solver.step(field, state, t, t_to, generator)
+        t = t_to
+        if record:
+            times.append(t)
+            traj.append(state.z)
+    stack = (lambda xs: torch.stack(xs)) if record else (lambda xs: None)
+    return SolveResult(z=state.z, tau=t, nfe=field.nfe, times=stack(times), trajectory=stack(traj), logdet=state.logdet)
+
+
+def _check_z(z: Tensor, denoiser) -> None:
+    if not isinstance(z, Tensor) or not z.is_floating_point():
+        raise TypeError("z must be a floating-point tensor of shape (B, L, d)")
+    if z.ndim != 3:
+        raise ValueError(f"z must have shape (B, L, d), got {tuple(z.shape)}")
+    d = denoiser.embeddings.shape[1]
+    if z.shape[-1] != d:
+        raise ValueError(f"z has last dimension {z.shape[-1]} but the denoiser's embeddings have d = {d}")
+    if not bool(torch.isfinite(z).all()):
+        raise ValueError("z must be finite")
+
+
+def check_t_min(t_min: float) -> float:
+    """Raise ``ValueError`` unless ``0 <= t_min < 1``."""
+    if isinstance(t_min, bool) or not isinstance(t_min, int | float) or not 0.0 <= float(t_min) < 1.0:
+        raise ValueError(f"t_min must be a number in [0, 1), got {t_min!r}")
+    return float(t_min)
+
+
+def solve(denoiser, z: Tensor, path: Path | Sequence[Path] | Tensor, steps: int | None = None,
+          solver: Solver | str = "euler", t_min: float = 0.0, generator: torch.Generator | None = None,
+          trajectory: bool = False) -> SolveResult:
+    """Carry ``z`` (B, L, d) from the noise end to the clean end of ``path`` (THEORY claim C2).
+
+    ``path``: a :class:`Path` shared by the batch, one Path per sequence, or an explicit grid
+    ``(K+1, L)`` / ``(K+1, B, L)``; ``steps`` grid intervals. Path time t is mapped to
+    ``t_min + (1 - t_min) t``, so ``t_min > 0`` stops short of the clean end. The schedule is
+    the denoiser's ``.schedule``. ``nfe`` in the result is the exact number of denoiser calls.
+    """
+    check_denoiser(denoiser)
+    _check_z(z, denoiser)
+    t_min = check_t_min(t_min)
+    solver = get(solver)
+    B, L, _ = z.shape
+    grid = as_grid(path, L, steps, B)
+    times = t_min + (1.0 - t_min) * grid.to(device=z.device)
+    field = Field(denoiser)
+    result = integrate(field, solver, State(z=z), GridController(times), generator, record=trajectory)
+    if not bool(torch.isfinite(result.z).all()):
+        raise FloatingPointError(
+            "solve produced non-finite latents: the denoiser returned NaN/inf logits or the step "
+            f"size is too large for {solver!r} near a singular end (try t_min > 0 or a smaller step)"
+        )
+    return result

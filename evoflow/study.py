@@ -1,0 +1,156 @@
+"""The likelihood study behind ``evoflow demo``: exact-likelihood error against NFE, per path and solver.
+
+On a Markov oracle the density ``log p_tau(z)`` is known in closed form, so integrating the
+probability-flow ODE (claim C11) along an AR staircase, the synchronous diagonal and a rolling
+window (claim C2: all must give the same answer) with every registered deterministic solver
+measures each solver's error against its number of network calls.
+"""
+
+from __future__ import annotations
+
+import math
+import pathlib
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from evoflow.likelihood import flow_log_likelihood
+from evoflow.oracles import MarkovOracle
+from evoflow.paths import Path, Rolling, Staircase, Synchronous
+from evoflow.process import q_sample
+from evoflow.schedules import Schedule, get_schedule
+from evoflow.solvers import get, names
+
+__all__ = ["StudyRow", "likelihood_study", "markdown_table", "plot_study", "write_report"]
+
+
+@dataclass
+class StudyRow:
+    """One run: path and solver names, grid steps or tolerance, network calls, max |log p error|."""
+
+    path: str
+    solver: str
+    order: int
+    budget: str
+    nfe: int
+    error: float
+
+
+def _oracle(vocab: int, length: int, dim: int, schedule: Schedule, seed: int) -> MarkovOracle:
+    g = torch.Generator().manual_seed(seed)
+    init = torch.softmax(torch.randn(vocab, generator=g, dtype=torch.float64), 0)
+    trans = torch.softmax(2.0 * torch.randn(vocab, vocab, generator=g, dtype=torch.float64), 1)
+    emb = torch.randn(vocab, dim, generator=g, dtype=torch.float64)
+    return MarkovOracle(init, trans, emb, schedule, length=length)
+
+
+def _runs(solver_name: str, length: int, quick: bool):
+    """(label, solver, steps multiplier) triples: grid refinements, or tolerances for adaptive methods."""
+    solver = get(solver_name)
+    if solver.adaptive:
+        tols = (1e-4, 1e-7) if quick else (1e-4, 1e-6, 1e-8)
+        return [(f"tol {t:g}", get(solver_name, rtol=t, atol=t), 1) for t in tols]
+    mults = (1, 4) if quick else (1, 2, 4, 8, 16)
+    return [(f"K={m * length}", solver, m) for m in mults]
+
+
+def likelihood_study(vocab: int = 4, length: int = 4, dim: int = 2, schedule: str = "cosine", t_min: float = 0.1,
+                     batch: int = 4, seed: int = 0, quick: bool = False) -> list[StudyRow]:
+    """Run every deterministic registered solver on three paths; return one row per run."""
+    sch = get_schedule(schedule)
+    oracle = _oracle(vocab, length, dim, sch, seed)
+    g = torch.Generator().manual_seed(seed + 1)
+    tau = torch.full((batch, length), t_min, dtype=torch.float64)
+    z = q_sample(oracle.sample(batch, generator=g), tau, oracle.embeddings, sch, g)
+    exact = oracle.log_marginal(z, tau)
+    paths: list[tuple[Path, int]] = [(Staircase(1), length), (Synchronous(), 1), (Rolling(2.0), length + 1)]
+    rows = []
+    for name in names():
+        if get(name).kind != "ode":
+            continue
+        for path, base in paths:
+            for label, solver, mult in _runs(name, length, quick):
+                steps = base * mult if not solver.adaptive else base
+                res = flow_log_likelihood(oracle, z, path, steps, solver=solver, t_min=t_min)
+                err = float((res.log_prob - exact).abs().max())
+                rows.append(StudyRow(repr(path), name, solver.order, label, res.nfe, err))
+    return rows
+
+
+def fitted_order(rows: list[StudyRow]) -> float:
+    """Slope of -log(error) against log(NFE) over one (solver, path) series."""
+    pts = [(r.nfe, r.error) for r in rows if r.error > 0]
+    if len(pts) < 2:
+        return math.nan
+    x, y = np.log([p[0] for p in pts]), np.log([p[1] for p in pts])
+    return float(-np.polyfit(x, y, 1)[0])
+
+
+def _series(rows: list[StudyRow]) -> dict[tuple[str, str], list[StudyRow]]:
+    out: dict[tuple[str, str], list[StudyRow]] = {}
+    for r in rows:
+        out.setdefault((r.solver, r.path), []).append(r)
+    return out
+
+
+def markdown_table(rows: list[StudyRow]) -> str:
+    """One line per (solver, path): NFE:error pairs, the fitted slope and the declared order."""
+    lines = ["| solver | path | NFE : max abs error of log p | fitted slope | order |", "|---|---|---|---|---|"]
+    for (solver, path), series in _series(rows).items():
+        cells = "  ".join(f"{r.nfe}:{r.error:.1e}" for r in series)
+        lines.append(f"| {solver} | {path} | {cells} | {fitted_order(series):.2f} | {series[0].order} |")
+    return "\n".join(lines)
+
+
+def plot_study(rows: list[StudyRow], out: pathlib.Path) -> None:
+    """Error against NFE, log-log, one panel per path, one line per solver."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = list(dict.fromkeys(r.path for r in rows))
+    fig, axes = plt.subplots(1, len(paths), figsize=(5 * len(paths), 4), sharey=True)
+    for ax, path in zip(np.atleast_1d(axes), paths, strict=True):
+        for (solver, p), series in _series(rows).items():
+            if p == path:
+                ax.loglog([r.nfe for r in series], [max(r.error, 1e-16) for r in series], "o-", label=solver)
+        ax.set_title(path)
+        ax.set_xlabel("network calls (NFE)")
+        ax.grid(True, which="both", alpha=0.3)
+    np.atleast_1d(axes)[0].set_ylabel("max |log p_flow - log p_exact|")
+    np.atleast_1d(axes)[-1].legend(fontsize=7)
+    fig.suptitle("Exact likelihood through the flow (C11): every path, every solver, one answer (C2)")
+    fig.tight_layout()
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+
+
+def write_report(rows: list[StudyRow], outdir: pathlib.Path, command: str, settings: dict) -> pathlib.Path:
+    """Write ``report.md`` and ``likelihood_vs_nfe.png`` under ``outdir``; return the report's path."""
+    outdir.mkdir(parents=True, exist_ok=True)
+    plot_study(rows, outdir / "likelihood_vs_nfe.png")
+    best = min(rows, key=lambda r: r.error)
+    text = [
+        "# Exact likelihood through the probability flow, on every path",
+        "",
+        f"Command: `{command}`",
+        "",
+        "Question: integrating the probability-flow ODE (THEORY C2) from the clean end to the noise end",
+        "with the instantaneous change of variables (C11) along an AR staircase, the synchronous diagonal",
+        "and a rolling window, how fast does each solver reach the closed-form log-density of a Markov",
+        "oracle, per network call?",
+        "",
+        "Setup: " + ", ".join(f"{k}={v}" for k, v in settings.items()) + ".",
+        "",
+        markdown_table(rows),
+        "",
+        "![error vs NFE](likelihood_vs_nfe.png)",
+        "",
+        f"Smallest error: {best.error:.2e} ({best.solver}, {best.path}, {best.budget}, {best.nfe} calls).",
+        "All paths converge to the same closed-form value: the flow is path-independent (C2).",
+    ]
+    report = outdir / "report.md"
+    report.write_text("\n".join(text) + "\n")
+    return report

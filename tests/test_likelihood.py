@@ -1,0 +1,105 @@
+"""Claims C2 and C11: the flow's exact log-likelihood equals the oracle's closed form on every path."""
+
+import os
+
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import evoflow as ef
+from evoflow.process import q_sample
+from tests.strategies import monotone_grids, random_markov, refine, schedules, seeds
+
+F64 = torch.float64
+ODE = [n for n in ef.solvers.names() if ef.solvers.get(n).kind == "ode"]
+
+
+def _data(oracle, t_min, seed, B=2):
+    g = torch.Generator().manual_seed(seed)
+    L = oracle.length
+    tau = torch.full((B, L), t_min, dtype=F64)
+    z = q_sample(oracle.sample(B, generator=g), tau, oracle.embeddings, oracle.schedule, g)
+    return z, oracle.log_marginal(z, tau)
+
+
+def _accurate(name):
+    s = ef.solvers.get(name)
+    return ef.solvers.get(name, rtol=1e-9, atol=1e-9) if s.adaptive else s
+
+
+@pytest.mark.parametrize("name", ODE)
+@settings(max_examples=int(os.environ.get('EVOFLOW_PATH_EXAMPLES', 3)))
+@given(grid=monotone_grids(length=3, steps=3), seed=seeds, sch=st.sampled_from([ef.Linear(), ef.Cosine()]))
+def test_every_ode_solver_matches_the_closed_form_on_random_monotone_paths(name, grid, seed, sch):
+    """Refining a random piecewise-linear path (the same path, 16x more steps) converges to
+    log p_tau(z): the error falls at an observed order >= half the declared one and ends small.
+    (Coarse grids of rough random paths are not yet asymptotic, hence the loose factor.)"""
+    oracle = random_markov(3, 3, 2, sch, seed)
+    z, exact = _data(oracle, 0.2, seed)
+    solver = ef.solvers.get(name)
+    if solver.adaptive:
+        solver = ef.solvers.get(name, rtol=1e-9, atol=1e-9)
+        got = ef.log_likelihood(oracle, z, grid, solver=solver, t_min=0.2)
+        assert torch.allclose(got, exact, rtol=1e-6, atol=1e-6)
+        return
+    coarse, fine = (float((ef.log_likelihood(oracle, z, refine(grid, m), solver=solver, t_min=0.2) - exact)
+                          .abs().max()) for m in (4, 64))
+    assert fine < coarse * 16.0 ** (-0.5 * solver.order) or fine < 1e-9, (coarse, fine)
+    assert fine < 0.25 * 4.0 ** (1 - solver.order) * max(1.0, float(exact.abs().max()))
+
+
+@settings(max_examples=4)
+@given(sch=schedules, seed=seeds)
+def test_paths_agree_with_each_other_and_with_the_oracle(sch, seed):
+    """AR staircase, synchronous and rolling paths give the same density (C2), to 1e-7 relative."""
+    oracle = random_markov(3, 4, 2, sch, seed)
+    z, exact = _data(oracle, 0.1, seed)
+    prior = None
+    if isinstance(sch, ef.LogLinear):  # alpha(1) > 0: use the exact density at the noise end
+        def prior(zz, tt):
+            return oracle.log_marginal(zz, tt)
+    dopri = ef.solvers.get("torchdiffeq:dopri5", rtol=1e-10, atol=1e-10)
+    results = [ef.log_likelihood(oracle, z, p, k, solver=dopri, t_min=0.1, prior=prior)
+               for p, k in [(ef.Synchronous(), 1), (ef.Staircase(1), 4), (ef.Rolling(2.0), 5)]]
+    for r in results:
+        assert torch.allclose(r, exact, rtol=1e-7, atol=1e-7)
+
+
+def test_hutchinson_estimate_is_unbiased(markov):
+    z, exact = _data(markov, 0.2, 0, B=1)
+    draws = torch.stack([
+        ef.log_likelihood(markov, z, ef.Synchronous(), 16, solver="rk4", divergence="hutchinson", t_min=0.2,
+                          generator=torch.Generator().manual_seed(k))
+        for k in range(64)
+    ])
+    reference = ef.log_likelihood(markov, z, ef.Synchronous(), 16, solver="rk4", t_min=0.2)
+    se = draws.std() / 8
+    assert abs(float(draws.mean() - reference)) < 4 * float(se)
+    assert abs(float(reference - exact)) < 1e-3
+
+
+def test_prompt_columns_give_the_conditional_density(markov):
+    """A column at time 0 throughout stays at t_min: the result is log p(z_rest | z_prompt)."""
+    z, joint = _data(markov, 0.2, 1, B=1)
+    grid = ef.Synchronous().grid(3, 1)
+    grid[:, 0] = 0.0
+    dopri = ef.solvers.get("torchdiffeq:dopri5", rtol=1e-10, atol=1e-10)
+    got = ef.log_likelihood(markov, z, grid, solver=dopri, t_min=0.2)
+    # log p(z_0) alone: marginalise the others by putting them at t = 1 in the oracle
+    tau = torch.tensor([[0.2, 1.0, 1.0]], dtype=F64)
+    log_prompt = markov.log_marginal(torch.cat([z[:, :1], torch.zeros_like(z[:, 1:])], 1), tau)
+    prior_rest = -0.5 * 2 * 2 * torch.log(torch.tensor(2 * torch.pi, dtype=F64))  # N(0, I) at zero, 2 tokens
+    assert torch.allclose(got, joint - (log_prompt - prior_rest), rtol=1e-7)
+
+
+def test_bad_likelihood_arguments(markov):
+    z = torch.randn(1, 3, 2, dtype=F64)
+    with pytest.raises(ValueError, match="t_min"):
+        ef.log_likelihood(markov, z, ef.Synchronous(), 4, t_min=0.0)
+    with pytest.raises(ValueError, match="deterministic"):
+        ef.log_likelihood(markov, z, ef.Synchronous(), 4, solver="ddim-ancestral")
+    with pytest.raises(ValueError, match="divergence"):
+        ef.log_likelihood(markov, z, ef.Synchronous(), 4, divergence="trace")
+    loglinear = random_markov(3, 3, 2, ef.LogLinear(), 0)
+    assert torch.isfinite(ef.log_likelihood(loglinear, z, ef.Synchronous(), 4, t_min=0.0)).all()

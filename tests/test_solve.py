@@ -1,0 +1,107 @@
+"""solve(): per-token batching, exact call counts, the t_min map, the clean end, bad input."""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+import evoflow as ef
+from tests.strategies import monotone_grids, random_markov, schedules, seeds
+
+F64 = torch.float64
+DETERMINISTIC = [n for n in ef.solvers.names() if ef.solvers.get(n).kind == "ode"]
+
+
+@pytest.mark.parametrize("name", DETERMINISTIC)
+def test_different_paths_in_one_batch_equal_separate_calls(name, markov):
+    paths = [ef.Synchronous(), ef.Staircase(1), ef.Rolling(1.5), ef.Staircase(3)]
+    z = torch.randn(4, 3, 2, generator=torch.Generator().manual_seed(0), dtype=F64)
+    together = ef.solve(markov, z, paths, 6, solver=name, t_min=0.05)
+    for b, p in enumerate(paths):
+        alone = ef.solve(markov, z[b:b + 1], p, 6, solver=name, t_min=0.05)
+        # adaptive methods share one error norm over the batch, so they agree to their tolerance only
+        tol = 1e-5 if ef.solvers.get(name).adaptive else 1e-11
+        assert torch.allclose(together.z[b], alone.z[0], rtol=tol, atol=tol), p
+
+
+@given(grid=monotone_grids(length=3, steps=5, batch=2), seed=seeds)
+def test_explicit_grids_per_sequence_equal_separate_calls(grid, seed):
+    oracle = random_markov(3, 3, 2, ef.Cosine(), seed)
+    z = torch.randn(2, 3, 2, generator=torch.Generator().manual_seed(seed), dtype=F64)
+    together = ef.solve(oracle, z, grid, solver="heun", t_min=0.1)
+    for b in range(2):
+        alone = ef.solve(oracle, z[b:b + 1], grid[:, b], solver="heun", t_min=0.1)
+        assert torch.allclose(together.z[b], alone.z[0], rtol=1e-9, atol=1e-11)
+
+
+@pytest.mark.parametrize(("name", "per_step"), [("euler", 1), ("ddim", 1), ("dpm++2m", 1), ("midpoint", 2),
+                                                ("heun", 2), ("rk4", 4), ("torchdiffeq:rk4", 4)])
+def test_nfe_is_the_exact_number_of_denoiser_calls(name, per_step, markov):
+    calls = []
+
+    class Counting:
+        schedule, embeddings = markov.schedule, markov.embeddings
+
+        def __call__(self, z, tau):
+            calls.append(1)
+            return markov(z, tau)
+
+    z = torch.randn(2, 3, 2, dtype=F64)
+    res = ef.solve(Counting(), z, ef.Staircase(1), 6, solver=name, t_min=0.1)
+    assert res.nfe == len(calls) == 6 * per_step
+
+
+def test_t_min_maps_the_path_and_the_trajectory_is_recorded(markov):
+    z = torch.randn(2, 3, 2, dtype=F64)
+    res = ef.solve(markov, z, ef.Rolling(2.0), 8, solver="euler", t_min=0.2, trajectory=True)
+    expected = 0.2 + 0.8 * ef.Rolling(2.0).grid(3, 8)
+    assert torch.equal(res.times, expected[:, None, :].expand(-1, 2, -1))
+    assert res.trajectory.shape == (9, 2, 3, 2)
+    assert torch.equal(res.trajectory[0], z) and torch.equal(res.trajectory[-1], res.z)
+    assert torch.equal(res.tau, torch.full((2, 3), 0.2, dtype=F64))
+
+
+@given(sch=schedules, seed=seeds, name=st.sampled_from([*DETERMINISTIC, "ddim-ancestral"]))
+def test_reaching_the_clean_end_gives_finite_latents_near_embeddings(sch, seed, name):
+    oracle = random_markov(3, 3, 2, sch, seed, scale=2.0)
+    z = torch.randn(2, 3, 2, generator=torch.Generator().manual_seed(seed), dtype=F64)
+    res = ef.solve(oracle, z, ef.Synchronous(), 32, solver=name, generator=torch.Generator().manual_seed(0))
+    assert torch.isfinite(res.z).all()
+    if not isinstance(sch, ef.LogLinear):  # alpha(0) = 1, sigma(0) = 0: each latent lands on ehat
+        dist = ((res.z[:, :, None] - oracle.embeddings) ** 2).sum(-1).min(-1).values
+        assert dist.max() < 0.05
+
+
+def test_bad_arguments_name_themselves(markov):
+    z = torch.randn(1, 3, 2, dtype=F64)
+    with pytest.raises(ValueError, match="available"):
+        ef.solve(markov, z, ef.Synchronous(), 4, solver="leapfrog")
+    with pytest.raises(ValueError, match="steps"):
+        ef.solve(markov, z, ef.Synchronous(), 0)
+    with pytest.raises(ValueError, match="steps is required"):
+        ef.solve(markov, z, ef.Synchronous())
+    with pytest.raises(ValueError, match="t_min"):
+        ef.solve(markov, z, ef.Synchronous(), 4, t_min=1.0)
+    with pytest.raises(ValueError, match="z has last dimension"):
+        ef.solve(markov, torch.randn(1, 3, 5, dtype=F64), ef.Synchronous(), 4)
+    with pytest.raises(ValueError, match="z must be finite"):
+        ef.solve(markov, z * float("nan"), ef.Synchronous(), 4)
+    with pytest.raises(ValueError, match="non-increasing"):
+        ef.solve(markov, z, ef.Synchronous().grid(3, 4).flip(0), None)
+    with pytest.raises(ValueError, match="multiple"):
+        ef.solve(markov, z, ef.Staircase(1), 4)
+    with pytest.raises(TypeError, match="denoiser"):
+        ef.solve(lambda z, t: None, z, ef.Synchronous(), 4)
+
+
+def test_a_denoiser_returning_nan_is_reported_not_returned(markov):
+    class Broken:
+        schedule, embeddings = markov.schedule, markov.embeddings
+
+        def __call__(self, z, tau):
+            out = markov(z, tau)
+            out.logits = out.logits * float("nan")
+            return out
+
+    with pytest.raises(FloatingPointError, match="non-finite"):
+        ef.solve(Broken(), torch.randn(1, 3, 2, dtype=F64), ef.Synchronous(), 4)
