@@ -12,6 +12,7 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/evoflow demo
+	$(VENV)/bin/evoflow verify
 
 test: $(STAMP)
 	HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q -n 2 proofs tests
@@ -21,8 +22,9 @@ lint: $(STAMP)
 	$(VENV)/bin/ruff check .
 
 bench: $(STAMP)
-	$(PY) bench/bench_solve.py
-	$(PY) bench/bench_batching.py
+	$(PY) -m bench.bench_solve
+	$(PY) -m bench.bench_batching
+	$(PY) -m bench.bench_estimators
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

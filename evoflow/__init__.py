@@ -9,6 +9,9 @@ likelihood (C11) are checked against exact oracles. See THEORY.md in the design 
 """
 
 from evoflow import solvers
+from evoflow.elbo import ContinuousNELBO, NELBOResult, continuous_nelbo, nelbo
+from evoflow.estimators import Antithetic, LogSNRImportance, PathDistribution, Stratified, Uniform
+from evoflow.kernels import GaussianKernel, MixtureKernel
 from evoflow.likelihood import flow_log_likelihood, log_likelihood
 from evoflow.oracles import MarkovOracle, TableOracle
 from evoflow.paths import (
@@ -28,26 +31,37 @@ from evoflow.schedules import Cosine, Linear, LogLinear, Schedule, get_schedule
 from evoflow.solve import SolveResult, solve
 
 __all__ = [
+    "Antithetic",
+    "ContinuousNELBO",
     "Cosine",
     "DenoiserOutput",
+    "GaussianKernel",
     "IndependentTimes",
     "Linear",
     "LogLinear",
+    "LogSNRImportance",
     "MarkovOracle",
+    "MixtureKernel",
     "MixtureTimes",
+    "NELBOResult",
     "Path",
+    "PathDistribution",
     "PathTimes",
     "PrefixTimes",
     "Rolling",
     "Schedule",
     "SolveResult",
     "Staircase",
+    "Stratified",
     "Synchronous",
     "TableOracle",
     "TimeSampler",
+    "Uniform",
+    "continuous_nelbo",
     "flow_log_likelihood",
     "get_schedule",
     "log_likelihood",
+    "nelbo",
     "solve",
     "solvers",
     "validate_grid",

@@ -1,4 +1,5 @@
-"""The ``evoflow`` command: ``evoflow solvers`` lists the registry, ``evoflow demo`` runs the study."""
+"""The ``evoflow`` command: ``solvers`` lists the registry, ``demo`` runs the likelihood study, ``verify``
+checks every claim of THEORY.md on a fresh exact oracle (exit status 1 if one fails)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,29 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_verify(args: argparse.Namespace) -> int:
+    import dataclasses
+    import json
+
+    from evoflow.verify import Settings, report, run_all, table
+
+    torch.set_num_threads(1)
+    settings = Settings(vocab=args.vocab, length=args.length, dim=args.dim, schedule=args.schedule, seed=args.seed)
+    start = time.perf_counter()
+    rows, series = run_all(settings)
+    outdir = _run_dir(args.out, "verify")
+    report(rows, series, settings, outdir, "evoflow verify " + " ".join(sys.argv[2:]))
+    failed = any(r.verdict == "FAIL" for r in rows)
+    if args.json:
+        print(json.dumps({"settings": dataclasses.asdict(settings), "claims": [dataclasses.asdict(r) for r in rows],
+                          "passed": not failed, "report": str(outdir / "report.md")}, indent=2))
+    else:
+        print(table(rows))
+        print(f"\n{'all claims hold' if not failed else 'SOME CLAIMS FAILED'}; report: {outdir / 'report.md'} "
+              f"({time.perf_counter() - start:.1f} s)")
+    return 1 if failed else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``evoflow`` command."""
     parser = argparse.ArgumentParser(prog="evoflow", description=__doc__)
@@ -64,6 +88,15 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--quick", action="store_true", help="two budgets per series instead of four")
     demo.add_argument("--out", default="runs", help="folder for the run's report")
     demo.set_defaults(func=_cmd_demo)
+    verify = sub.add_parser("verify", help="check every claim of THEORY.md on a fresh exact oracle")
+    verify.add_argument("--vocab", type=int, default=3)
+    verify.add_argument("--length", type=int, default=3)
+    verify.add_argument("--dim", type=int, default=2)
+    verify.add_argument("--schedule", default="cosine", choices=["linear", "cosine", "loglinear"])
+    verify.add_argument("--seed", type=int, default=0)
+    verify.add_argument("--json", action="store_true", help="print the results as JSON")
+    verify.add_argument("--out", default="runs", help="folder for the run's report")
+    verify.set_defaults(func=_cmd_verify)
     return parser
 
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from evoflow.process import DenoiserOutput, check_denoiser, posterior_mean, velocity
+from evoflow.process import DenoiserOutput, check_denoiser, check_output, denoised, velocity
 
 __all__ = ["Divergence", "Evaluation", "ExactDivergence", "Field", "Hutchinson", "get_divergence"]
 
@@ -114,15 +114,8 @@ class Field:
         self._last: tuple[Tensor, int, Tensor, Evaluation] | None = None
 
     def _u_and_ehat(self, z: Tensor, tau: Tensor) -> tuple[Tensor, Tensor, DenoiserOutput]:
-        out = self.denoiser(z, tau)
-        if not isinstance(out, DenoiserOutput):
-            raise TypeError(f"the denoiser must return a DenoiserOutput, got {type(out).__name__}")
-        if out.logits.shape[:2] != z.shape[:2] or out.logits.shape[-1] != self.embeddings.shape[0]:
-            raise ValueError(
-                f"denoiser logits have shape {tuple(out.logits.shape)}; expected "
-                f"{(*z.shape[:2], self.embeddings.shape[0])} (B, L, V) for its embeddings"
-            )
-        ehat = posterior_mean(out.logits, self.embeddings.to(z.dtype)).to(z.dtype)
+        out = check_output(self.denoiser(z, tau), z, self.embeddings.shape[0])
+        ehat = denoised(out, self.embeddings, z)
         return velocity(z, ehat, tau, self.schedule), ehat, out
 
     def __call__(self, z: Tensor, tau: Tensor) -> Evaluation:
@@ -144,7 +137,7 @@ class Field:
             u, ehat, div = self.divergence(fn, z, tau)
             out = kept[0]
             B = z.shape[0]  # the exact estimator evaluates a replicated batch; keep the first copy
-            out = DenoiserOutput(out.logits[:B].detach(), None if out.time is None else out.time[:B].detach())
+            out = DenoiserOutput(*(None if v is None else v[:B].detach() for v in (out.logits, out.time, out.ehat)))
             ev = Evaluation(ehat=ehat, u=u, output=out, div=div)
         self._last = (z, z._version, tau, ev)
         return ev

@@ -30,6 +30,7 @@ __all__ = [
     "Synchronous",
     "TimeSampler",
     "as_grid",
+    "log_snr_spacing",
     "validate_grid",
 ]
 
@@ -270,6 +271,25 @@ def validate_grid(grid: Tensor, name: str = "grid") -> Tensor:
     if bool(((g[0] != 1) & ~prompt).any()):
         raise ValueError(f"{name} must start at 1 (first row), except prompt columns that stay at 0 throughout")
     return g
+
+
+def log_snr_spacing(grid: Tensor, schedule, t_min: float = 0.0, log_snr_min: float = -12.0) -> Tensor:
+    """Re-space a grid so that every token's logSNR moves in equal steps (THEORY section 4).
+
+    Each value ``tau`` of the grid (path time, later mapped to ``t = t_min + (1 - t_min) tau``) is
+    sent through the monotone map that makes ``logSNR(t)`` linear in ``tau`` between
+    ``logSNR(t_min)`` at 0 and ``max(logSNR(1), log_snr_min)`` at 1; 0 and 1 stay fixed. On a
+    uniform synchronous grid this gives steps uniform in logSNR; on a staircase, uniform within
+    each block's stretch. The result is again a valid grid of a (re-timed) path.
+    """
+    g = validate_grid(grid)
+    lam_hi = schedule.log_snr(torch.tensor(t_min, dtype=torch.float64))
+    lam_lo = schedule.log_snr(torch.tensor(1.0, dtype=torch.float64)).clamp_min(log_snr_min)
+    if not bool(torch.isfinite(lam_hi)) or not float(lam_lo) < float(lam_hi):
+        raise ValueError(f"t_min must give a finite logSNR above log_snr_min for {schedule!r}; got t_min={t_min}")
+    t = schedule.t_of_log_snr(lam_hi + g * (lam_lo - lam_hi))
+    warped = ((t - t_min) / (1.0 - t_min)).clamp(0.0, 1.0)
+    return torch.where((g == 0) | (g == 1), g, warped)
 
 
 def as_grid(path: Path | Sequence[Path] | Tensor, length: int, steps: int | None, batch: int) -> Tensor:

@@ -28,11 +28,15 @@ __all__ = [
     "Denoiser",
     "DenoiserOutput",
     "check_denoiser",
+    "check_output",
+    "denoised",
     "epsilon",
     "posterior_mean",
     "posterior_probs",
+    "q_forward",
     "q_sample",
     "score",
+    "step_coefficients",
     "step_posterior",
     "velocity",
 ]
@@ -44,10 +48,14 @@ class DenoiserOutput:
 
     ``logits`` (B, L, V): unnormalised ``log p(x_i = v | z, tau)``. ``time`` (B, L) or None: the
     model's own estimate of each token's progression time (THEORY section 8; not in the ELBO).
+    ``ehat`` (B, L, d) or None: a denoiser that predicts the posterior-mean embedding directly
+    (no probabilities) may return it with ``logits=None``; it then serves the ODE solvers and the
+    Gaussian kernel but not the mixture kernel.
     """
 
-    logits: Tensor
+    logits: Tensor | None
     time: Tensor | None = None
+    ehat: Tensor | None = None
 
 
 @runtime_checkable
@@ -75,6 +83,27 @@ def check_denoiser(denoiser: object, name: str = "denoiser") -> None:
         raise TypeError(f"{name} must carry its embedding table (V, d) as .embeddings")
 
 
+def check_output(out: object, z: Tensor, vocab: int) -> DenoiserOutput:
+    """Raise ``TypeError``/``ValueError`` naming the denoiser unless ``out`` fits ``z`` (B, L, d) and V."""
+    if not isinstance(out, DenoiserOutput):
+        raise TypeError(f"the denoiser must return a DenoiserOutput, got {type(out).__name__}")
+    if out.logits is None and out.ehat is None:
+        raise ValueError("the denoiser's output holds neither logits nor ehat")
+    if out.logits is not None and (out.logits.shape[:2] != z.shape[:2] or out.logits.shape[-1] != vocab):
+        raise ValueError(f"denoiser logits have shape {tuple(out.logits.shape)}; expected "
+                         f"{(*z.shape[:2], vocab)} (B, L, V) for its embeddings")
+    if out.logits is None and out.ehat.shape != z.shape:
+        raise ValueError(f"denoiser ehat has shape {tuple(out.ehat.shape)}; expected {tuple(z.shape)} (B, L, d)")
+    return out
+
+
+def denoised(out: DenoiserOutput, embeddings: Tensor, like: Tensor) -> Tensor:
+    """The posterior-mean embedding ``ehat`` (B, L, d) of an output, in the dtype of ``like``."""
+    if out.logits is None:
+        return out.ehat.to(like.dtype)
+    return posterior_mean(out.logits, embeddings.to(like.dtype)).to(like.dtype)
+
+
 def _coef(values: Tensor, like: Tensor) -> Tensor:
     """Per-token coefficient (B, L) -> (B, L, 1) in the dtype of ``like``."""
     return values.to(like.dtype)[..., None]
@@ -89,6 +118,24 @@ def q_sample(
     return _coef(schedule.alpha(tau), e) * e + _coef(schedule.sigma(tau), e) * noise
 
 
+def step_coefficients(t: Tensor, s: Tensor, schedule: Schedule) -> tuple[Tensor, Tensor, Tensor]:
+    """Per-token ``(c_z, c_e, sig2)`` of the step posterior ``N(c_z z_t + c_e e, sig2 I)``; (B, L) each.
+
+    Tokens with ``s == t`` get ``(1, 0, 0)``: they stay where they are. See :func:`step_posterior`.
+    """
+    moving = s < t
+    one = torch.ones_like(t)
+    a_t, a_s = schedule.alpha(t), torch.where(moving, schedule.alpha(s), one)
+    sg_t2 = torch.where(moving, schedule.sigma(t) ** 2, one)
+    sg_s2 = schedule.sigma(s) ** 2
+    a_ts = a_t / a_s
+    sg_ts2 = (sg_t2 - a_ts**2 * sg_s2).clamp_min(0.0)
+    c_z = torch.where(moving, a_ts * sg_s2 / sg_t2, one)
+    c_e = torch.where(moving, a_s * sg_ts2 / sg_t2, 0.0 * one)
+    sig2 = torch.where(moving, sg_ts2 * sg_s2 / sg_t2, 0.0 * one)
+    return c_z, c_e, sig2
+
+
 def step_posterior(
     z_t: Tensor, e: Tensor, t: Tensor, s: Tensor, schedule: Schedule
 ) -> tuple[Tensor, Tensor]:
@@ -101,17 +148,23 @@ def step_posterior(
     z_t, e (B, L, d); t, s (B, L) with s <= t. Tokens with ``s == t`` get ``mu = z_t``, ``sig2 = 0``.
     Returns ``mu`` (B, L, d) and ``sig2`` (B, L). Derivation: proofs/p03_gaussian_step_kl.md.
     """
+    c_z, c_e, sig2 = step_coefficients(t, s, schedule)
+    return _coef(c_z, z_t) * z_t + _coef(c_e, e) * e, sig2
+
+
+def q_forward(z_s: Tensor, s: Tensor, t: Tensor, schedule: Schedule,
+              generator: torch.Generator | None = None) -> Tensor:
+    """Noise further, ``z_t ~ q(z_t | z_s) = N(alpha_{t|s} z_s, sigma_{t|s}^2 I)`` per token (s <= t).
+
+    The forward process is Markov from clean to noisy; tokens with ``s == t`` are returned unchanged.
+    """
     moving = s < t
     one = torch.ones_like(t)
-    a_t, a_s = schedule.alpha(t), torch.where(moving, schedule.alpha(s), one)
-    sg_t2 = torch.where(moving, schedule.sigma(t) ** 2, one)
-    sg_s2 = schedule.sigma(s) ** 2
-    a_ts = a_t / a_s
-    sg_ts2 = (sg_t2 - a_ts**2 * sg_s2).clamp_min(0.0)
-    c_z = torch.where(moving, a_ts * sg_s2 / sg_t2, one)
-    c_e = torch.where(moving, a_s * sg_ts2 / sg_t2, 0.0 * one)
-    sig2 = torch.where(moving, sg_ts2 * sg_s2 / sg_t2, 0.0 * one)
-    return _coef(c_z, z_t) * z_t + _coef(c_e, e) * e, sig2
+    a_ts = schedule.alpha(t) / torch.where(moving, schedule.alpha(s), one)
+    var = (schedule.sigma(t) ** 2 - a_ts**2 * schedule.sigma(s) ** 2).clamp_min(0.0)
+    noise = torch.randn(z_s.shape, generator=generator, dtype=z_s.dtype, device=z_s.device)
+    z_t = torch.addcmul(_coef(a_ts, z_s) * z_s, _coef(var.sqrt(), z_s), noise)
+    return torch.where(moving[..., None], z_t, z_s)
 
 
 def posterior_probs(logits: Tensor) -> Tensor:

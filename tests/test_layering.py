@@ -12,8 +12,9 @@ import evoflow
 ROOT = pathlib.Path(evoflow.__file__).parent
 # lower ranks may be imported by higher ones, never the reverse
 RANK = {
-    "schedules": 0, "paths": 0, "process": 1, "field": 2, "oracles": 2, "solvers": 3, "solve": 4,
-    "likelihood": 5, "elbo": 5, "decoding": 5, "verify": 6, "study": 6, "nn": 8, "train": 8, "cli": 9,
+    "schedules": 0, "paths": 1, "process": 1, "field": 2, "oracles": 2, "solvers": 3, "solve": 4,
+    "kernels": 2, "estimators": 2, "likelihood": 5, "elbo": 5, "decoding": 5, "verify": 6, "study": 6,
+    "nn": 8, "train": 8, "cli": 9,
 }
 CORE_FORBIDDEN = {"sympy", "experiments", "proofs", "evoflow.nn", "evoflow.train"}
 
