@@ -27,14 +27,16 @@ class LinearDenoiser:
 
 
 def median_times(fns: dict[str, Callable[[], object]], repeats: int = 7, warmup: int = 1) -> dict[str, float]:
-    """Median wall time of each function, runs interleaved so machine noise hits all alike."""
+    """Median wall time of each function; runs interleaved, in an order rotated every repeat, so that
+    machine noise and the allocator's state hit all alike."""
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     samples: dict[str, list[float]] = {k: [] for k in fns}
-    for _ in range(repeats):
-        for k, fn in fns.items():
+    names = list(fns)
+    for r in range(repeats):
+        for k in names[r % len(names):] + names[: r % len(names)]:
             t0 = time.perf_counter()
-            fn()
+            fns[k]()
             samples[k].append(time.perf_counter() - t0)
     return {k: statistics.median(v) for k, v in samples.items()}

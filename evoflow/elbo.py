@@ -50,12 +50,13 @@ __all__ = [
 
 
 def bits_per_token(nats: Tensor, length: int) -> Tensor:
-    """Convert per-sequence nats to bits per token: ``nats / (length ln 2)``."""
+    """Convert per-sequence nats to bits per token: ``nats / (length ln 2)`` (THEORY section 5)."""
     return nats / (length * math.log(2.0))
 
 
 def prior_kl(x: Tensor, embeddings: Tensor, schedule: Schedule) -> Tensor:
     """``KL(q(z^0 | x) || N(0, sigma(1)^2 I)) = sum_i alpha(1)^2 ||e_{x_i}||^2 / (2 sigma(1)^2)``; (B,).
+    (THEORY section 5)
 
     Zero when ``alpha(1) = 0`` (linear, cosine): the prior is exact.
     """
@@ -66,6 +67,7 @@ def prior_kl(x: Tensor, embeddings: Tensor, schedule: Schedule) -> Tensor:
 
 def reconstruction(denoiser, x: Tensor, z: Tensor, tau: Tensor, out: DenoiserOutput | None = None) -> Tensor:
     """``-log p(x | z)`` at the clean end, (B,): the joint decoder ``denoiser.log_posterior`` when
+    (THEORY section 5, C6)
     the denoiser has one (exact for oracles), else the factorised ``-sum_i log softmax(logits_i)[x_i]``
     from ``out`` (the denoiser's output at ``(z, tau)``, evaluated here if not given)."""
     if callable(getattr(denoiser, "log_posterior", None)):
@@ -104,6 +106,7 @@ def ce_surrogate(logits: Tensor, x: Tensor, embeddings: Tensor) -> Tensor:
 @dataclass
 class NELBOResult:
     """Per-sequence NELBO in nats (B,) with its parts: ``prior`` (B,), per-step per-token terms
+    (THEORY section 5, C3-C8)
     ``step_terms`` (K, B, L), ``recon`` (B,); ``stderr`` (B,) over the ``samples`` trajectories
     (NaN for one sample); ``nfe`` network calls."""
 
@@ -205,7 +208,7 @@ def nelbo(denoiser, x: Tensor, path: Path | Sequence[Path] | Tensor, steps: int 
 
 @dataclass
 class ContinuousNELBO:
-    """Continuous-time NELBO estimate (nats, B,): ``total = prior + integral + recon``; ``per_call``
+    """Continuous-time NELBO estimate (nats, B,): ``total = prior + integral + recon``; ``per_call`` (C4, C9)
     (B, n) holds ``integrand(s) / r(s)`` for each network call; ``stderr`` (B,) of the integral
     treats the n calls as independent (exact for :class:`~evoflow.estimators.Uniform`; use
     :func:`estimator_variance` for antithetic or stratified groups)."""

@@ -29,7 +29,7 @@ __all__ = ["Antithetic", "LogSNRImportance", "PathDistribution", "SSampler", "St
 
 
 class SSampler:
-    """Draws groups of path parameters: ``sample(groups, n) -> (s, weight)``, both (groups, n)."""
+    """Draws groups of path parameters: ``sample(groups, n) -> (s, weight)``, both (groups, n) (C9)."""
 
     def unit(self, groups: int, n: int, generator: torch.Generator | None) -> Tensor:
         """Points in [0, 1), shape (groups, n), each marginally uniform."""
@@ -46,14 +46,14 @@ class SSampler:
 
 
 class Uniform(SSampler):
-    """Plain Monte Carlo: i.i.d. ``s ~ U[0, 1]``."""
+    """Plain Monte Carlo: i.i.d. ``s ~ U[0, 1]`` (C9)."""
 
     def unit(self, groups, n, generator):
         return torch.rand(groups, n, generator=generator, dtype=torch.float64)
 
 
 class Antithetic(SSampler):
-    """Antithetic pairs ``(u, 1 - u)``; ``n`` must be even."""
+    """Antithetic pairs ``(u, 1 - u)``; ``n`` must be even (C9)."""
 
     def unit(self, groups, n, generator):
         if n % 2:
@@ -63,7 +63,7 @@ class Antithetic(SSampler):
 
 
 class Stratified(SSampler):
-    """Jittered stratification: point j uniform in ``[j/n, (j+1)/n)``, in random order."""
+    """Jittered stratification: point j uniform in ``[j/n, (j+1)/n)``, in random order (C9)."""
 
     def unit(self, groups, n, generator):
         jitter = torch.rand(groups, n, generator=generator, dtype=torch.float64)
@@ -73,7 +73,7 @@ class Stratified(SSampler):
 
 
 class LogSNRImportance(SSampler):
-    """Importance sampling of s through a density over logSNR, mixed with a uniform ``floor``.
+    """Importance sampling of s through a density over logSNR, mixed with a uniform ``floor`` (C9).
 
     Every token's logSNR, clipped to ``[edges[0], edges[-1]]``, is sent through the cumulative
     ``h`` of a piecewise-constant ``profile`` on the bins ``edges``; the proposal's CDF in s is

@@ -25,7 +25,7 @@ VelocityFn = Callable[[Tensor, Tensor], Tensor]  # (z (N, L, d), tau (N, L)) -> 
 
 @dataclass
 class Evaluation:
-    """One network call: ``ehat`` (B, L, d), velocity ``u`` (B, L, d), optional ``div`` (B, L)."""
+    """One network call: ``ehat`` (B, L, d), velocity ``u`` (B, L, d), optional ``div`` (B, L) (C1, C11)."""
 
     ehat: Tensor
     u: Tensor
@@ -42,7 +42,7 @@ class Divergence:
 
 
 class ExactDivergence(Divergence):
-    """Exact divergence by autograd: one call on an ``(L d)``-fold replicated batch, one backward.
+    """Exact divergence by autograd: one call on an ``(L d)``-fold replicated batch, one backward (C11).
 
     Copy ``n`` of the batch is probed with basis vector ``e_n``; since copies do not interact,
     ``grad(sum_n <u^(n), e_n>, z^(n))`` holds row n of the Jacobian, whose n-th entry is the
@@ -65,7 +65,7 @@ class ExactDivergence(Divergence):
 
 
 class Hutchinson(Divergence):
-    """Hutchinson's estimator ``D_i ~ sum_k v_ik (v^T J)_ik`` with a fixed Rademacher probe ``v``.
+    """Hutchinson's estimator ``D_i ~ sum_k v_ik (v^T J)_ik`` with a fixed Rademacher probe ``v`` (C11).
 
     Unbiased per token; the probe is drawn once (per solve) so the ODE stays deterministic.
     """
@@ -87,7 +87,7 @@ class Hutchinson(Divergence):
 
 
 def get_divergence(divergence: str | Divergence, generator: torch.Generator | None = None) -> Divergence:
-    """Resolve ``"exact"``, ``"hutchinson"`` or a :class:`Divergence` object."""
+    """Resolve ``"exact"``, ``"hutchinson"`` or a :class:`Divergence` object (C11)."""
     if isinstance(divergence, Divergence):
         return divergence
     table = {"exact": ExactDivergence, "hutchinson": lambda: Hutchinson(generator)}

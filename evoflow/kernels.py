@@ -62,7 +62,7 @@ def mixture_log_ratio(x: Tensor, logits: Tensor, z_t: Tensor, z_s: Tensor, t: Te
 
 
 class Kernel:
-    """A reverse kernel: turns a denoiser output at ``(z_t, t)`` into per-token NELBO step terms."""
+    """A reverse kernel: turns a denoiser output at ``(z_t, t)`` into per-token NELBO step terms (THEORY section 5)."""
 
     name = "kernel"
 

@@ -32,7 +32,7 @@ Prior = Callable[[Tensor, Tensor], Tensor]  # (z_noise (B, L, d), tau_noise (B, 
 
 
 def gaussian_prior(schedule) -> Prior:
-    """The prior ``N(0, sigma(t)^2 I)`` on tokens at the noise end (exact when alpha(1) = 0).
+    """The prior ``N(0, sigma(t)^2 I)`` on tokens at the noise end (exact when alpha(1) = 0) (THEORY section 5, C11).
 
     Tokens that did not reach t = 1 (prompt columns) are not counted: their density cancels.
     """
@@ -50,7 +50,7 @@ def gaussian_prior(schedule) -> Prior:
 
 @dataclass
 class LikelihoodResult:
-    """``log_prob`` (B,) = ``log_prior`` (B,) + ``logdet`` (B,); ``z_noise`` (B, L, d); ``nfe`` calls."""
+    """``log_prob`` (B,) = ``log_prior`` (B,) + ``logdet`` (B,); ``z_noise`` (B, L, d); ``nfe`` calls (C11)."""
 
     log_prob: Tensor
     log_prior: Tensor
@@ -62,7 +62,7 @@ class LikelihoodResult:
 def flow_log_likelihood(denoiser, z: Tensor, path: Path | Sequence[Path] | Tensor, steps: int | None = None,
                         solver: Solver | str = "rk4", divergence: str | Divergence = "exact", t_min: float = 0.01,
                         prior: Prior | None = None, generator: torch.Generator | None = None) -> LikelihoodResult:
-    """:func:`log_likelihood` with its parts (prior term, log-determinant, end point, call count)."""
+    """:func:`log_likelihood` with its parts (prior term, log-determinant, end point, call count) (C11)."""
     check_denoiser(denoiser)
     _check_z(z, denoiser)
     t_min = check_t_min(t_min)

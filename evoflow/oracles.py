@@ -44,7 +44,7 @@ def _check_distribution(p: Tensor, name: str, atol: float = 1e-6) -> Tensor:
 
 
 class ExactOracle:
-    """Shared machinery of the exact oracles: emissions, validation, the denoiser call.
+    """Shared machinery of the exact oracles: emissions, validation, the denoiser call (THEORY section 7).
 
     Subclasses implement ``_log_joint_terms`` (posterior marginals and log-normaliser from
     per-token emission log-likelihoods), ``log_prob``, ``log_conditionals`` and ``sample``.

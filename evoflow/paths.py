@@ -293,7 +293,7 @@ def log_snr_spacing(grid: Tensor, schedule, t_min: float = 0.0, log_snr_min: flo
 
 
 def as_grid(path: Path | Sequence[Path] | Tensor, length: int, steps: int | None, batch: int) -> Tensor:
-    """Resolve a path argument into a validated grid of shape ``(K+1, B, L)`` in float64.
+    """Resolve a path argument into a validated grid of shape ``(K+1, B, L)`` in float64 (THEORY section 4, C2).
 
     ``path`` may be a :class:`Path` (shared by the batch), a sequence of ``batch`` paths (one
     per sequence, gridded with the same ``steps``), or an explicit grid tensor ``(K+1, L)`` or
@@ -352,6 +352,7 @@ class PathTimes(TimeSampler):
 
 class PrefixTimes(TimeSampler):
     """A clean prefix of uniform length in 0..L-1 at t = 0; the suffix at one shared ``t ~ U[0, 1]``
+    (THEORY section 4, C9)
     (or independent times per token when ``independent=True``)."""
 
     def __init__(self, independent: bool = False):
@@ -365,7 +366,7 @@ class PrefixTimes(TimeSampler):
 
 
 class MixtureTimes(TimeSampler):
-    """Per sequence, pick sampler j with probability ``weights[j]`` and draw from it."""
+    """Per sequence, pick sampler j with probability ``weights[j]`` and draw from it (THEORY section 4, C9)."""
 
     def __init__(self, samplers: Sequence[TimeSampler], weights: Sequence[float] | None = None):
         if not samplers or not all(isinstance(s, TimeSampler) for s in samplers):

@@ -73,7 +73,8 @@ class Denoiser(Protocol):
 
 
 def check_denoiser(denoiser: object, name: str = "denoiser") -> None:
-    """Raise ``TypeError`` naming ``name`` unless it is callable with a Schedule and embeddings."""
+    """Raise ``TypeError`` naming ``name`` unless it is callable with a Schedule and embeddings.
+    (THEORY sections 7-8)"""
     if not callable(denoiser):
         raise TypeError(f"{name} must be callable as {name}(z, tau) -> DenoiserOutput")
     if not isinstance(getattr(denoiser, "schedule", None), Schedule):
@@ -84,7 +85,8 @@ def check_denoiser(denoiser: object, name: str = "denoiser") -> None:
 
 
 def check_output(out: object, z: Tensor, vocab: int) -> DenoiserOutput:
-    """Raise ``TypeError``/``ValueError`` naming the denoiser unless ``out`` fits ``z`` (B, L, d) and V."""
+    """Raise ``TypeError``/``ValueError`` naming the denoiser unless ``out`` fits ``z`` (B, L, d) and V.
+    (THEORY sections 7-8)"""
     if not isinstance(out, DenoiserOutput):
         raise TypeError(f"the denoiser must return a DenoiserOutput, got {type(out).__name__}")
     if out.logits is None and out.ehat is None:
@@ -98,7 +100,7 @@ def check_output(out: object, z: Tensor, vocab: int) -> DenoiserOutput:
 
 
 def denoised(out: DenoiserOutput, embeddings: Tensor, like: Tensor) -> Tensor:
-    """The posterior-mean embedding ``ehat`` (B, L, d) of an output, in the dtype of ``like``."""
+    """The posterior-mean embedding ``ehat`` (B, L, d) of an output, in the dtype of ``like`` (C1)."""
     if out.logits is None:
         return out.ehat.to(like.dtype)
     return posterior_mean(out.logits, embeddings.to(like.dtype)).to(like.dtype)
@@ -112,7 +114,8 @@ def _coef(values: Tensor, like: Tensor) -> Tensor:
 def q_sample(
     x: Tensor, tau: Tensor, embeddings: Tensor, schedule: Schedule, generator: torch.Generator | None = None
 ) -> Tensor:
-    """Draw ``z ~ q(z | x, tau) = N(alpha(tau) e_x, sigma(tau)^2 I)``; x (B, L) ids -> z (B, L, d)."""
+    """Draw ``z ~ q(z | x, tau) = N(alpha(tau) e_x, sigma(tau)^2 I)``; x (B, L) ids -> z (B, L, d).
+    (THEORY section 2)"""
     e = embeddings[x]  # (B, L, d)
     noise = torch.randn(e.shape, generator=generator, dtype=e.dtype, device=e.device)
     return _coef(schedule.alpha(tau), e) * e + _coef(schedule.sigma(tau), e) * noise
@@ -120,6 +123,7 @@ def q_sample(
 
 def step_coefficients(t: Tensor, s: Tensor, schedule: Schedule) -> tuple[Tensor, Tensor, Tensor]:
     """Per-token ``(c_z, c_e, sig2)`` of the step posterior ``N(c_z z_t + c_e e, sig2 I)``; (B, L) each.
+    (THEORY section 2, C3)
 
     Tokens with ``s == t`` get ``(1, 0, 0)``: they stay where they are. See :func:`step_posterior`.
     """
@@ -155,6 +159,7 @@ def step_posterior(
 def q_forward(z_s: Tensor, s: Tensor, t: Tensor, schedule: Schedule,
               generator: torch.Generator | None = None) -> Tensor:
     """Noise further, ``z_t ~ q(z_t | z_s) = N(alpha_{t|s} z_s, sigma_{t|s}^2 I)`` per token (s <= t).
+    (THEORY section 2)
 
     The forward process is Markov from clean to noisy; tokens with ``s == t`` are returned unchanged.
     """
@@ -168,12 +173,15 @@ def q_forward(z_s: Tensor, s: Tensor, t: Tensor, schedule: Schedule,
 
 
 def posterior_probs(logits: Tensor) -> Tensor:
-    """``p(x_i = v | z, tau) = softmax(logits)`` over the vocabulary; (B, L, V)."""
+    """``p(x_i = v | z, tau) = softmax(logits)`` over the vocabulary; (B, L, V) (THEORY section 3)."""
     return torch.softmax(logits, dim=-1)
 
 
 def posterior_mean(logits: Tensor, embeddings: Tensor) -> Tensor:
-    """``ehat_i = sum_v p(x_i = v | z, tau) e_v``; logits (B, L, V), embeddings (V, d) -> (B, L, d)."""
+    """Posterior-mean embedding ``ehat_i = sum_v p(x_i = v | z, tau) e_v`` (THEORY section 3).
+
+    logits (B, L, V), embeddings (V, d) -> (B, L, d).
+    """
     probs = posterior_probs(logits)
     return probs.to(embeddings.dtype) @ embeddings
 
@@ -187,7 +195,7 @@ def _eps_coefficients(tau: Tensor, schedule: Schedule) -> tuple[Tensor, Tensor]:
 
 
 def epsilon(z: Tensor, ehat: Tensor, tau: Tensor, schedule: Schedule) -> Tensor:
-    """Noise estimate ``epshat = (z - alpha ehat) / sigma`` (0 where sigma = 0); (B, L, d)."""
+    """Noise estimate ``epshat = (z - alpha ehat) / sigma`` (0 where sigma = 0); (B, L, d) (C1)."""
     inv, a_inv = _eps_coefficients(tau, schedule)
     return torch.addcmul(-_coef(a_inv, z) * ehat, _coef(inv, z), z)
 

@@ -27,7 +27,8 @@ __all__ = [
 
 
 def check_times(t: Tensor, name: str = "t") -> Tensor:
-    """Raise ``ValueError`` naming ``name`` unless every entry of ``t`` is a finite time in [0, 1]."""
+    """Raise ``ValueError`` naming ``name`` unless every entry of ``t`` is a finite time in [0, 1].
+    (THEORY section 1)"""
     if not isinstance(t, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
     if not t.is_floating_point():
@@ -208,7 +209,7 @@ _SCHEDULES: dict[str, type[Schedule]] = {"linear": Linear, "cosine": Cosine, "lo
 
 
 def schedule_names() -> list[str]:
-    """Names accepted by :func:`get_schedule`."""
+    """Names accepted by :func:`get_schedule` (THEORY section 2)."""
     return sorted(_SCHEDULES)
 
 

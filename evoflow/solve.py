@@ -24,7 +24,7 @@ __all__ = ["Controller", "GridController", "SolveResult", "integrate", "solve"]
 
 
 class Controller:
-    """Chooses the next per-token time vector; ``None`` ends the solve."""
+    """Chooses the next per-token time vector; ``None`` ends the solve (THEORY section 4)."""
 
     def start(self) -> Tensor:
         """The initial times (B, L)."""
@@ -36,7 +36,7 @@ class Controller:
 
 
 class GridController(Controller):
-    """Walk the rows of a fixed time grid ``(K+1, B, L)`` in order."""
+    """Walk the rows of a fixed time grid ``(K+1, B, L)`` in order (THEORY section 4, C2)."""
 
     def __init__(self, times: Tensor):
         self.times = times
@@ -53,7 +53,7 @@ class GridController(Controller):
 
 @dataclass
 class SolveResult:
-    """Outcome of :func:`solve`: final latents ``z`` (B, L, d), final times ``tau`` (B, L), the exact
+    """Outcome of :func:`solve`: final latents ``z`` (B, L, d), final times ``tau`` (B, L), the exact (C2)
     number of denoiser calls ``nfe``, and, when asked for, the visited ``times`` (K+1, B, L) and
     ``trajectory`` (K+1, B, L, d); ``logdet`` (B,) when a divergence was integrated."""
 
@@ -67,7 +67,7 @@ class SolveResult:
 
 def integrate(field: Field, solver: Solver, state: State, controller: Controller,
               generator: torch.Generator | None = None, record: bool = False) -> SolveResult:
-    """Run ``solver`` from ``controller.start()`` until the controller stops; the one solve loop."""
+    """Run ``solver`` from ``controller.start()`` until the controller stops; the one solve loop (C2)."""
     t = controller.start()
     times, traj = ([t], [state.z]) if record else (None, None)
     while (t_to := controller.next(t, state, field)) is not None:

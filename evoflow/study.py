@@ -27,7 +27,7 @@ __all__ = ["StudyRow", "likelihood_study", "markdown_table", "plot_study", "writ
 
 @dataclass
 class StudyRow:
-    """One run: path and solver names, grid steps or tolerance, network calls, max |log p error|."""
+    """One run: path and solver names, grid steps or tolerance, network calls, max |log p error| (C2, C11)."""
 
     path: str
     solver: str
@@ -57,7 +57,7 @@ def _runs(solver_name: str, length: int, quick: bool):
 
 def likelihood_study(vocab: int = 4, length: int = 4, dim: int = 2, schedule: str = "cosine", t_min: float = 0.1,
                      batch: int = 4, seed: int = 0, quick: bool = False) -> list[StudyRow]:
-    """Run every deterministic registered solver on three paths; return one row per run."""
+    """Run every deterministic registered solver on three paths; return one row per run (C2, C11)."""
     sch = get_schedule(schedule)
     oracle = _oracle(vocab, length, dim, sch, seed)
     g = torch.Generator().manual_seed(seed + 1)
@@ -79,7 +79,7 @@ def likelihood_study(vocab: int = 4, length: int = 4, dim: int = 2, schedule: st
 
 
 def fitted_order(rows: list[StudyRow]) -> float:
-    """Slope of -log(error) against log(NFE) over one (solver, path) series."""
+    """Slope of -log(error) against log(NFE) over one (solver, path) series (C2, C11)."""
     pts = [(r.nfe, r.error) for r in rows if r.error > 0]
     if len(pts) < 2:
         return math.nan
@@ -95,7 +95,7 @@ def _series(rows: list[StudyRow]) -> dict[tuple[str, str], list[StudyRow]]:
 
 
 def markdown_table(rows: list[StudyRow]) -> str:
-    """One line per (solver, path): NFE:error pairs, the fitted slope and the declared order."""
+    """One line per (solver, path): NFE:error pairs, the fitted slope and the declared order (C2, C11)."""
     lines = ["| solver | path | NFE : max abs error of log p | fitted slope | order |", "|---|---|---|---|---|"]
     for (solver, path), series in _series(rows).items():
         cells = "  ".join(f"{r.nfe}:{r.error:.1e}" for r in series)
@@ -104,7 +104,7 @@ def markdown_table(rows: list[StudyRow]) -> str:
 
 
 def plot_study(rows: list[StudyRow], out: pathlib.Path) -> None:
-    """Error against NFE, log-log, one panel per path, one line per solver."""
+    """Error against NFE, log-log, one panel per path, one line per solver (C2, C11)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -128,7 +128,7 @@ def plot_study(rows: list[StudyRow], out: pathlib.Path) -> None:
 
 
 def write_report(rows: list[StudyRow], outdir: pathlib.Path, command: str, settings: dict) -> pathlib.Path:
-    """Write ``report.md`` and ``likelihood_vs_nfe.png`` under ``outdir``; return the report's path."""
+    """Write ``report.md`` and ``likelihood_vs_nfe.png`` under ``outdir``; return the report's path (C2, C11)."""
     outdir.mkdir(parents=True, exist_ok=True)
     plot_study(rows, outdir / "likelihood_vs_nfe.png")
     best = min(rows, key=lambda r: r.error)

@@ -38,7 +38,7 @@ F64 = torch.float64
 
 @dataclass
 class Settings:
-    """Problem size and randomness of a verification run."""
+    """Problem size and randomness of a verification run (THEORY section 7)."""
 
     vocab: int = 3
     length: int = 3
@@ -50,7 +50,7 @@ class Settings:
 
 @dataclass
 class ClaimResult:
-    """One row of the verification table; ``verdict`` is ``pass``, ``FAIL`` or ``n/a``."""
+    """One row of the verification table; ``verdict`` is ``pass``, ``FAIL`` or ``n/a`` (C1-C12)."""
 
     claim: str
     quantity: str
@@ -293,7 +293,7 @@ CHECKS = (check_c1, check_c2_c11, check_c3, check_c4_c6, check_c4_spacing, check
 
 
 def run_all(settings: Settings) -> tuple[list[ClaimResult], dict]:
-    """Run every check on a fresh oracle; return the rows and the series for the figures."""
+    """Run every check on a fresh oracle; return the rows and the series for the figures (C1-C12)."""
     ctx = make_context(settings)
     rows: list[ClaimResult] = []
     for check in CHECKS:

@@ -31,7 +31,7 @@ ENTRY_POINT_GROUP = "evoflow.solvers"
 
 @dataclass
 class State:
-    """Solver state: latents ``z`` (B, L, d), accumulated ``logdet`` (B,) or None, solver ``memory``."""
+    """Solver state: latents ``z`` (B, L, d), accumulated ``logdet`` (B,) or None, solver ``memory`` (C2, C11)."""
 
     z: Tensor
     logdet: Tensor | None = None
@@ -76,7 +76,7 @@ _BUILTINS: dict[str, Callable[[], Solver]] = {}
 
 
 def register(name: str, factory: Callable[[], Solver]) -> None:
-    """Register a solver factory under ``name`` (what plugins do through the entry-point group)."""
+    """Register a solver factory under ``name`` (what plugins do through the entry-point group) (C2)."""
     if not isinstance(name, str) or not name:
         raise ValueError("name must be a non-empty string")
     _BUILTINS[name] = factory
@@ -87,12 +87,12 @@ def _plugins() -> dict[str, Any]:
 
 
 def names() -> list[str]:
-    """All registered solver names: built-in ones and those of the ``evoflow.solvers`` entry points."""
+    """All registered solver names: built-in ones and those of the ``evoflow.solvers`` entry points (C2)."""
     return sorted(set(_BUILTINS) | set(_plugins()))
 
 
 def get(name: str | Solver, **kwargs) -> Solver:
-    """The solver registered as ``name`` (a Solver object is returned as is).
+    """The solver registered as ``name`` (a Solver object is returned as is) (C2).
 
     ``torchdiffeq:<method>`` resolves any torchdiffeq method through the adapter. Unknown names
     raise ``ValueError`` listing the available ones.

@@ -26,17 +26,17 @@ from evoflow.solvers.exponential import ddim_mean
 __all__ = ["RK4", "Euler", "ExplicitRK", "Heun", "Midpoint"]
 
 
-def _combine(weights: Sequence[float], us: list[Tensor]) -> Tensor | None:
-    """``sum_l w_l u_l`` over the non-zero weights (None if all are zero); one fused op per term."""
-    acc = None
+def _step_from(z: Tensor, dtz: Tensor, weights: Sequence[float], us: list[Tensor]) -> Tensor:
+    """``z + Dt sum_l w_l u_l`` over the non-zero weights, one fused multiply-add per term."""
+    out = z
     for w, u in zip(weights, us, strict=False):
         if w:
-            acc = u * w if acc is None else torch.add(acc, u, alpha=w)
-    return acc
+            out = torch.addcmul(out, dtz, u, value=w) if out is z else out.addcmul_(dtz, u, value=w)
+    return out
 
 
 class ExplicitRK(Solver):
-    """An explicit Runge-Kutta method given by its Butcher tableau and its declared order."""
+    """An explicit Runge-Kutta method given by its Butcher tableau and its declared order (C2)."""
 
     def __init__(self, name: str, A: Sequence[Sequence[float]], b: Sequence[float], c: Sequence[float], order: int):
         s = len(b)
@@ -53,15 +53,14 @@ class ExplicitRK(Solver):
         us: list[Tensor] = []  # stage velocities (B, L, d)
         divs: list[Tensor] = []  # stage divergence rates sum_i D_i dt_i, (B,)
         for c_j, row in zip(self.c, self.A, strict=True):
-            comb = _combine(row, us)
-            z_j = state.z if comb is None else torch.addcmul(state.z, dtz, comb)
+            z_j = _step_from(state.z, dtz, row, us)
             ev = field(z_j, t_from + c_j * dt if c_j else t_from)
             us.append(ev.u)
             if ev.div is not None:
                 divs.append((ev.div * dt.to(ev.div.dtype)).sum(-1))
             if len(us) == 1:
                 first = ev
-        z = torch.addcmul(state.z, dtz, _combine(self.b, us))
+        z = _step_from(state.z, dtz, self.b, us)
         land = (field.schedule.sigma(t_to) == 0) & (t_to < t_from)
         if bool(land.any()):
             z = torch.where(land[..., None], ddim_mean(state.z, first.ehat, t_from, t_to, field.schedule), z)
@@ -75,28 +74,28 @@ class ExplicitRK(Solver):
 
 
 class Euler(ExplicitRK):
-    """Forward Euler, order 1: ``z' = z + Dt u(z, t_from)``."""
+    """Forward Euler, order 1: ``z' = z + Dt u(z, t_from)`` (C2)."""
 
     def __init__(self):
         super().__init__("euler", A=[[]], b=[1.0], c=[0.0], order=1)
 
 
 class Midpoint(ExplicitRK):
-    """Explicit midpoint, order 2."""
+    """Explicit midpoint, order 2 (C2)."""
 
     def __init__(self):
         super().__init__("midpoint", A=[[], [0.5]], b=[0.0, 1.0], c=[0.0, 0.5], order=2)
 
 
 class Heun(ExplicitRK):
-    """Heun's method (explicit trapezoid), order 2."""
+    """Heun's method (explicit trapezoid), order 2 (C2)."""
 
     def __init__(self):
         super().__init__("heun", A=[[], [1.0]], b=[0.5, 0.5], c=[0.0, 1.0], order=2)
 
 
 class RK4(ExplicitRK):
-    """The classical fourth-order Runge-Kutta method."""
+    """The classical fourth-order Runge-Kutta method (C2)."""
 
     def __init__(self):
         super().__init__(

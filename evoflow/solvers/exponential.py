@@ -33,9 +33,14 @@ def _c(x: Tensor, like: Tensor) -> Tensor:
 def ddim_mean(z: Tensor, ehat: Tensor, t: Tensor, s: Tensor, schedule: Schedule) -> Tensor:
     """Deterministic exponential step ``z_s = alpha_s ehat + sigma_s epshat(z, t)``; (B, L, d).
 
+    Evaluated as ``c_z z + c_e ehat`` with ``c_z = sigma_s / sigma_t`` and ``c_e = alpha_s - alpha_t c_z``
+    (``c_z = 0`` where ``sigma_t = 0``, the ``epshat = 0`` convention of :mod:`evoflow.process`).
     Exact for the ODE of claim C2 when ``ehat`` is constant over the step; runs in either direction.
     """
-    return _c(schedule.alpha(s), z) * ehat + _c(schedule.sigma(s), z) * epsilon(z, ehat, t, schedule)
+    sg_t = schedule.sigma(t)
+    c_z = torch.where(sg_t > 0, schedule.sigma(s) / torch.where(sg_t > 0, sg_t, torch.ones_like(sg_t)), 0.0 * sg_t)
+    c_e = schedule.alpha(s) - schedule.alpha(t) * c_z
+    return torch.addcmul(_c(c_e, ehat) * ehat, _c(c_z, z), z)
 
 
 def _logdet_left(state: State, div: Tensor | None, dt: Tensor) -> Tensor | None:
@@ -47,6 +52,7 @@ def _logdet_left(state: State, div: Tensor | None, dt: Tensor) -> Tensor | None:
 
 class DDIM(Solver):
     """DDIM with stochasticity ``eta`` in [0, 1]: eta = 0 is the ODE solver (order 1), eta = 1 ancestral.
+    (THEORY section 3, C2)
 
     Stochastic steps (eta > 0) run only toward the clean end (``t_to <= t_from``).
     """
@@ -89,7 +95,7 @@ class _Memory:
 
 
 class DPMSolverPP2M(Solver):
-    """DPM-Solver++(2M), the second-order multistep exponential integrator in logSNR (order 2).
+    """DPM-Solver++(2M), the second-order multistep exponential integrator in logSNR (order 2) (C2).
 
     Per token, with ``h = lam(t_to) - lam(t_from)``, ``h_prev`` the previous step's and
     ``D = ehat``: ``z' = ddim_mean(z) + c_D h / (2 h_prev) (D - D_prev)`` where ``c_D`` is the
