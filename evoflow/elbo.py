@@ -28,7 +28,7 @@ from torch import Tensor
 
 from evoflow.estimators import LogSNRImportance, PathDistribution, SSampler, Uniform
 from evoflow.kernels import GaussianKernel, Kernel, gaussian_step_kl
-from evoflow.paths import Path, as_grid
+from evoflow.paths import Path, as_grid, to_times
 from evoflow.process import DenoiserOutput, check_denoiser, check_output, denoised, q_forward, q_sample
 from evoflow.schedules import Schedule
 
@@ -181,7 +181,7 @@ def nelbo(denoiser, x: Tensor, path: Path | Sequence[Path] | Tensor, steps: int 
         raise ValueError("path: prompt columns (time 0 throughout) are not supported by nelbo")
     if isinstance(kernel, GaussianKernel) and float(sch.snr(torch.tensor(t_min, dtype=torch.float64))) == math.inf:
         raise ValueError(f"t_min must be > 0 for GaussianKernel with {sch!r}: SNR(t_min) = inf")
-    times = (t_min + (1.0 - t_min) * grid).repeat(1, samples, 1)  # (K+1, S B, L)
+    times = to_times(grid, t_min).repeat(1, samples, 1)  # (K+1, S B, L)
     xs = x.repeat(samples, 1)
     K = times.shape[0] - 1
     z = q_sample(xs, times[K], E, sch, generator).to(E.dtype)  # the clean end of the trajectory
@@ -242,7 +242,7 @@ def _sample_times(dist: PathDistribution, sampler: SSampler, B: int, n: int, L: 
         rows = (pick == j).nonzero().flatten()
         p = dist.paths[j]
         s, w = sampler.sample(len(rows), n, p, L, sch, t_min, generator)
-        tau[rows] = (t_min + (1.0 - t_min) * p.tau(s.reshape(-1), L)).reshape(len(rows), n, L)
+        tau[rows] = to_times(p.tau(s.reshape(-1), L), t_min).reshape(len(rows), n, L)
         dtau[rows] = ((1.0 - t_min) * p.dtau(s.reshape(-1), L)).reshape(len(rows), n, L)
         weight[rows] = w
     return tau, dtau, weight

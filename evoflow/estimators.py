@@ -22,7 +22,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-from evoflow.paths import Path
+from evoflow.paths import Path, to_times
 from evoflow.schedules import Schedule
 
 __all__ = ["Antithetic", "LogSNRImportance", "PathDistribution", "SSampler", "Stratified", "Uniform"]
@@ -119,8 +119,8 @@ class LogSNRImportance(SSampler):
     def _cdf_parts(self, s: Tensor, path: Path, length: int, schedule: Schedule, t_min: float):
         edges, dens = self._bins(schedule, t_min)
         flat = s.reshape(-1)
-        tau = t_min + (1.0 - t_min) * path.tau(flat, length)  # (N, L)
-        ends = t_min + (1.0 - t_min) * path.tau(torch.tensor([0.0, 1.0], dtype=torch.float64), length)
+        tau = to_times(path.tau(flat, length), t_min)  # (N, L)
+        ends = to_times(path.tau(torch.tensor([0.0, 1.0], dtype=torch.float64), length), t_min)
         h, slope = self._warp(schedule.log_snr(tau), edges, dens)
         h_ends, _ = self._warp(schedule.log_snr(ends), edges, dens)
         total = (h_ends[1] - h_ends[0]).sum()

@@ -111,7 +111,7 @@ class Field:
         self.embeddings = denoiser.embeddings
         self.divergence = divergence
         self.nfe = 0
-        self._last: tuple[Tensor, int, Tensor, Evaluation] | None = None
+        self._last: tuple[Tensor, tuple[int, int], Tensor, Evaluation] | None = None
 
     def _u_and_ehat(self, z: Tensor, tau: Tensor) -> tuple[Tensor, Tensor, DenoiserOutput]:
         out = check_output(self.denoiser(z, tau), z, self.embeddings.shape[0])
@@ -120,7 +120,7 @@ class Field:
 
     def __call__(self, z: Tensor, tau: Tensor) -> Evaluation:
         last = self._last
-        if last is not None and last[0] is z and last[1] == z._version and last[2] is tau:
+        if last is not None and last[0] is z and last[2] is tau and last[1] == (z._version, tau._version):
             return last[3]
         self.nfe += 1
         if self.divergence is None:
@@ -139,5 +139,5 @@ class Field:
             B = z.shape[0]  # the exact estimator evaluates a replicated batch; keep the first copy
             out = DenoiserOutput(*(None if v is None else v[:B].detach() for v in (out.logits, out.time, out.ehat)))
             ev = Evaluation(ehat=ehat, u=u, output=out, div=div)
-        self._last = (z, z._version, tau, ev)
+        self._last = (z, (z._version, tau._version), tau, ev)
         return ev

@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from evoflow.field import Divergence, Field, get_divergence
-from evoflow.paths import Path, as_grid
+from evoflow.paths import Path, as_grid, to_times
 from evoflow.process import check_denoiser
 from evoflow.solve import GridController, _check_z, check_t_min, integrate
 from evoflow.solvers import Solver, State, get
@@ -74,7 +74,7 @@ def flow_log_likelihood(denoiser, z: Tensor, path: Path | Sequence[Path] | Tenso
         raise ValueError(f"t_min must be > 0 for {sch!r}: sigma(t_min) = 0 makes the density degenerate")
     B, L, _ = z.shape
     grid = as_grid(path, L, steps, B)
-    times = (t_min + (1.0 - t_min) * grid).flip(0).to(device=z.device)  # clean -> noise
+    times = to_times(grid, t_min).flip(0).to(device=z.device)  # clean -> noise
     field = Field(denoiser, divergence=get_divergence(divergence, generator))
     state = State(z=z, logdet=torch.zeros(B, dtype=z.dtype, device=z.device))
     out = integrate(field, solver, state, GridController(times), generator)

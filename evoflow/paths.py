@@ -31,6 +31,7 @@ __all__ = [
     "TimeSampler",
     "as_grid",
     "log_snr_spacing",
+    "to_times",
     "validate_grid",
 ]
 
@@ -271,6 +272,14 @@ def validate_grid(grid: Tensor, name: str = "grid") -> Tensor:
     if bool(((g[0] != 1) & ~prompt).any()):
         raise ValueError(f"{name} must start at 1 (first row), except prompt columns that stay at 0 throughout")
     return g
+
+
+def to_times(tau: Tensor, t_min: float) -> Tensor:
+    """Map path time to process time, ``t = t_min + (1 - t_min) tau`` (THEORY section 5).
+
+    Exact at the ends: 1 stays 1 (the noise end, where the prior applies) and 0 becomes ``t_min``.
+    """
+    return torch.where(tau == 1.0, torch.ones_like(tau), t_min + (1.0 - t_min) * tau)
 
 
 def log_snr_spacing(grid: Tensor, schedule, t_min: float = 0.0, log_snr_min: float = -12.0) -> Tensor:

@@ -29,6 +29,7 @@ __all__ = [
     "DenoiserOutput",
     "check_denoiser",
     "check_output",
+    "ddim_mean",
     "denoised",
     "epsilon",
     "posterior_mean",
@@ -170,6 +171,19 @@ def q_forward(z_s: Tensor, s: Tensor, t: Tensor, schedule: Schedule,
     noise = torch.randn(z_s.shape, generator=generator, dtype=z_s.dtype, device=z_s.device)
     z_t = torch.addcmul(_coef(a_ts, z_s) * z_s, _coef(var.sqrt(), z_s), noise)
     return torch.where(moving[..., None], z_t, z_s)
+
+
+def ddim_mean(z: Tensor, ehat: Tensor, t: Tensor, s: Tensor, schedule: Schedule) -> Tensor:
+    """Deterministic exponential step ``z_s = alpha_s ehat + sigma_s epshat(z, t)``; (B, L, d).
+
+    Evaluated as ``c_z z + c_e ehat`` with ``c_z = sigma_s / sigma_t`` and ``c_e = alpha_s - alpha_t c_z``
+    (``c_z = 0`` where ``sigma_t = 0``, the ``epshat = 0`` convention of :mod:`evoflow.process`).
+    Exact for the ODE of claim C2 when ``ehat`` is constant over the step; runs in either direction.
+    """
+    sg_t = schedule.sigma(t)
+    c_z = torch.where(sg_t > 0, schedule.sigma(s) / torch.where(sg_t > 0, sg_t, torch.ones_like(sg_t)), 0.0 * sg_t)
+    c_e = schedule.alpha(s) - schedule.alpha(t) * c_z
+    return torch.addcmul(_coef(c_e, ehat) * ehat, _coef(c_z, z), z)
 
 
 def posterior_probs(logits: Tensor) -> Tensor:

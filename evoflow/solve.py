@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from evoflow.field import Field
-from evoflow.paths import Path, as_grid
+from evoflow.paths import Path, as_grid, to_times
 from evoflow.process import check_denoiser
 from evoflow.solvers import Solver, State, get
 
@@ -115,7 +115,7 @@ def solve(denoiser, z: Tensor, path: Path | Sequence[Path] | Tensor, steps: int 
     solver = get(solver)
     B, L, _ = z.shape
     grid = as_grid(path, L, steps, B)
-    times = t_min + (1.0 - t_min) * grid.to(device=z.device)
+    times = to_times(grid, t_min).to(device=z.device)
     field = Field(denoiser)
     result = integrate(field, solver, State(z=z), GridController(times), generator, record=trajectory)
     if not bool(torch.isfinite(result.z).all()):

@@ -9,7 +9,11 @@ the probability-flow ODE of claim C2: inside the step the times move linearly,
 the second equation carried only when the field has a divergence estimator (claim C11).
 Tokens with ``t_to == t_from`` are returned bit-for-bit unchanged, and a step in which no
 token of the batch moves costs no network call; :meth:`Solver.step` enforces both for every
-solver, third-party ones included. Derivation: proofs/p02_path_invariance.md.
+solver, third-party ones included. It also owns the landing on a singular clean end
+(``sigma(t_to) = 0``, where ``u`` is undefined): such tokens take the exponential-integrator
+step ``alpha_s ehat + sigma_s epshat`` from the step's start (the DDIM step; Karras et al. use
+Euler there), exact for a frozen ``ehat``, which lands on ``ehat``.
+Derivation: proofs/p02_path_invariance.md.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ import torch
 from torch import Tensor
 
 from evoflow.field import Field
+from evoflow.process import ddim_mean
 
 __all__ = ["Solver", "State", "get", "names", "register"]
 
@@ -64,6 +69,11 @@ class Solver:
         if not bool(moving.any()):
             return state
         new = self.advance(field, state, t_from, t_to, generator)
+        land = moving & (t_to < t_from) & (field.schedule.sigma(t_to) == 0)
+        if bool(land.any()):  # the field is singular there: take the exponential step from the start
+            ehat = field(state.z, t_from).ehat  # the first stage of most solvers: a cache hit, no new call
+            landed = ddim_mean(state.z, ehat, t_from, t_to, field.schedule)
+            new = replace(new, z=torch.where(land[..., None], landed, new.z))
         if bool(moving.all()):
             return new
         return replace(new, z=torch.where(moving[..., None], new.z, state.z))

@@ -6,10 +6,8 @@ parameter r in [0, 1] (see :mod:`evoflow.solvers.base`):
     k_j = Dt * u(z + sum_l A_jl k_l, t_from + c_j Dt),      z' = z + sum_j b_j k_j,
 
 with ``Dt = t_to - t_from`` per token, and the same weights on the divergence when the field
-carries one (claim C11). A token landing on a singular end (``sigma(t_to) = 0``, where the field
-is not defined) takes the exponential-integrator step from the first stage instead, as
-samplers conventionally do (Karras et al. use Euler there); this costs no extra call and
-is exact for a frozen ``ehat``. Derivation: proofs/p02_path_invariance.md.
+carries one (claim C11). Tokens landing on a singular end are handled by
+:meth:`evoflow.solvers.Solver.step`. Derivation: proofs/p02_path_invariance.md.
 """
 
 from __future__ import annotations
@@ -21,7 +19,6 @@ from torch import Tensor
 
 from evoflow.field import Field
 from evoflow.solvers.base import Solver, State, register
-from evoflow.solvers.exponential import ddim_mean
 
 __all__ = ["RK4", "Euler", "ExplicitRK", "Heun", "Midpoint"]
 
@@ -58,12 +55,7 @@ class ExplicitRK(Solver):
             us.append(ev.u)
             if ev.div is not None:
                 divs.append((ev.div * dt.to(ev.div.dtype)).sum(-1))
-            if len(us) == 1:
-                first = ev
         z = _step_from(state.z, dtz, self.b, us)
-        land = (field.schedule.sigma(t_to) == 0) & (t_to < t_from)
-        if bool(land.any()):
-            z = torch.where(land[..., None], ddim_mean(state.z, first.ehat, t_from, t_to, field.schedule), z)
         logdet = state.logdet
         if logdet is not None and divs:
             logdet = logdet + sum(b * k for b, k in zip(self.b, divs, strict=True) if b)

@@ -19,8 +19,7 @@ import torch
 from torch import Tensor
 
 from evoflow.field import Field
-from evoflow.process import epsilon, step_posterior
-from evoflow.schedules import Schedule
+from evoflow.process import ddim_mean, epsilon, step_posterior
 from evoflow.solvers.base import Solver, State, register
 
 __all__ = ["DDIM", "DPMSolverPP2M", "ddim_mean"]
@@ -28,19 +27,6 @@ __all__ = ["DDIM", "DPMSolverPP2M", "ddim_mean"]
 
 def _c(x: Tensor, like: Tensor) -> Tensor:
     return x.to(like.dtype)[..., None]
-
-
-def ddim_mean(z: Tensor, ehat: Tensor, t: Tensor, s: Tensor, schedule: Schedule) -> Tensor:
-    """Deterministic exponential step ``z_s = alpha_s ehat + sigma_s epshat(z, t)``; (B, L, d).
-
-    Evaluated as ``c_z z + c_e ehat`` with ``c_z = sigma_s / sigma_t`` and ``c_e = alpha_s - alpha_t c_z``
-    (``c_z = 0`` where ``sigma_t = 0``, the ``epshat = 0`` convention of :mod:`evoflow.process`).
-    Exact for the ODE of claim C2 when ``ehat`` is constant over the step; runs in either direction.
-    """
-    sg_t = schedule.sigma(t)
-    c_z = torch.where(sg_t > 0, schedule.sigma(s) / torch.where(sg_t > 0, sg_t, torch.ones_like(sg_t)), 0.0 * sg_t)
-    c_e = schedule.alpha(s) - schedule.alpha(t) * c_z
-    return torch.addcmul(_c(c_e, ehat) * ehat, _c(c_z, z), z)
 
 
 def _logdet_left(state: State, div: Tensor | None, dt: Tensor) -> Tensor | None:
