@@ -208,8 +208,8 @@ def nelbo(denoiser, x: Tensor, path: Path | Sequence[Path] | Tensor, steps: int 
 
 @dataclass
 class ContinuousNELBO:
-    """Continuous-time NELBO estimate (nats, B,): ``total = prior + integral + recon``; ``per_call`` (C4, C9)
-    (B, n) holds ``integrand(s) / r(s)`` for each network call; ``stderr`` (B,) of the integral
+    """Continuous-time NELBO estimate (claims C4, C9), nats (B,): ``total = prior + integral + recon``;
+    ``per_call`` (B, n) holds ``integrand(s) / r(s)`` for each network call; ``stderr`` (B,) of the integral
     treats the n calls as independent (exact for :class:`~evoflow.estimators.Uniform`; use
     :func:`estimator_variance` for antithetic or stratified groups)."""
 

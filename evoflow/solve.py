@@ -53,9 +53,9 @@ class GridController(Controller):
 
 @dataclass
 class SolveResult:
-    """Outcome of :func:`solve`: final latents ``z`` (B, L, d), final times ``tau`` (B, L), the exact (C2)
-    number of denoiser calls ``nfe``, and, when asked for, the visited ``times`` (K+1, B, L) and
-    ``trajectory`` (K+1, B, L, d); ``logdet`` (B,) when a divergence was integrated."""
+    """Outcome of :func:`solve` (claim C2): final latents ``z`` (B, L, d), final times ``tau`` (B, L),
+    the exact number of denoiser calls ``nfe``, and, when asked for, the visited ``times``
+    (K+1, B, L) and ``trajectory`` (K+1, B, L, d); ``logdet`` (B,) when a divergence was integrated."""
 
     z: Tensor
     tau: Tensor
