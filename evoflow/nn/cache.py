@@ -1,0 +1,142 @@
+"""Key-value cache of the committed prefix under the frontier pattern (THEORY section 8, claim C12).
+
+Under :class:`~evoflow.nn.attention.Frontier`, a committed token (``t_i = 0``) attends only to
+committed tokens at or before it. For the leading run of committed tokens, by induction over
+layers, hidden states, keys and values depend only on that run, so once computed they never
+change while the rest of the window is refined: they can be stored and reused. (A committed
+token behind an active one is not cacheable yet: its attention set grows when the earlier
+token commits.) A model call then covers only
+the positions after the cache,
+
+    K_l = [K_l(prefix) ; K_l(chunk)],   V_l = [V_l(prefix) ; V_l(chunk)]   per layer l,
+
+and afterwards the chunk's leading committed tokens join the prefix. The outputs equal those
+of full recomputation with ``Frontier()``. Derivation: proofs/p12_frontier_cache.md.
+
+- :class:`FrontierCache` holds the per-layer keys and values (the data structure).
+- :class:`CachedDenoiser` wraps a model as a denoiser of full sequences, so that solvers and
+  decoders use the cache without knowing it. For inference: nothing cached carries gradients.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from evoflow.nn.attention import Frontier
+from evoflow.process import DenoiserOutput
+
+__all__ = ["CachedDenoiser", "FrontierCache", "LayerCache", "leading_committed"]
+
+
+def leading_committed(tau: Tensor) -> int:
+    """Length of the run of committed tokens (t = 0) that starts every row of tau (B, L); the minimum over rows."""
+    if tau.shape[1] == 0:
+        return 0
+    return int((tau == 0).long().cumprod(dim=1).sum(dim=1).min())
+
+
+class LayerCache:
+    """Keys and values (B, KV, P, hd) of one layer's committed prefix, plus the chunk being computed."""
+
+    def __init__(self):
+        self.keys: Tensor | None = None
+        self.values: Tensor | None = None
+        self._pending: tuple[Tensor, Tensor] | None = None
+
+    def extend(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
+        """Remember this chunk's k, v (B, KV, L, hd); return prefix and chunk together (B, KV, P + L, hd)."""
+        self._pending = (k.detach(), v.detach())
+        if self.keys is None:
+            return k, v
+        return torch.cat([self.keys, k], dim=2), torch.cat([self.values, v], dim=2)
+
+    def commit(self, n: int) -> None:
+        """Append the first n tokens of the last chunk to the prefix."""
+        if self._pending is None:
+            raise RuntimeError("commit() before any chunk was computed")
+        k, v = (x[:, :, :n] for x in self._pending)
+        self.keys = k if self.keys is None else torch.cat([self.keys, k], dim=2)
+        self.values = v if self.values is None else torch.cat([self.values, v], dim=2)
+        self._pending = None
+
+
+class FrontierCache:
+    """Per-layer keys and values of the first ``length`` tokens, all committed (t = 0).
+
+    Pass it to ``model(z_chunk, tau_chunk, attention=Frontier(), cache=cache)`` with the
+    chunk starting at position ``cache.length``; the model extends it. Derivation:
+    proofs/p12_frontier_cache.md.
+    """
+
+    def __init__(self, layers: int, batch: int):
+        self.layers = [LayerCache() for _ in range(layers)]
+        self.batch = batch
+        self.length = 0
+
+    def check(self, batch: int, layers: int) -> None:
+        """Raise ``ValueError`` unless this cache fits a model with ``layers`` blocks and inputs of ``batch`` rows."""
+        if layers != len(self.layers):
+            raise ValueError(f"cache has {len(self.layers)} layers but the model has {layers}")
+        if batch != self.batch:
+            raise ValueError(f"cache was built for batch {self.batch}, got z with batch {batch}")
+
+    def commit(self, n: int) -> None:
+        """The first n tokens of the chunk just computed are committed: append them in every layer."""
+        for layer in self.layers:
+            layer.commit(n)
+        self.length += n
+
+
+class CachedDenoiser:
+    """A frontier-pattern denoiser of full sequences that reuses the committed prefix.
+
+    ``cached(z, tau)`` returns what ``model(z, tau, attention=Frontier())`` returns, computing
+    only positions after the cached prefix. The prefix is kept while it stays committed and
+    unchanged (``tau = 0`` and the same ``z`` there), and rebuilt otherwise, so any solver can
+    call it. The outputs of committed tokens are stored too: they depend only on the prefix
+    (claim C12). Derivation: proofs/p12_frontier_cache.md.
+    """
+
+    def __init__(self, model):
+        self.model = model
+        self.reset()
+
+    @property
+    def schedule(self):
+        """The wrapped model's noise schedule."""
+        return self.model.schedule
+
+    @property
+    def embeddings(self) -> Tensor:
+        """The wrapped model's latent embedding table (V, d_latent)."""
+        return self.model.embeddings
+
+    def reset(self) -> None:
+        """Forget the cached prefix."""
+        self.cache: FrontierCache | None = None
+        self._z = self._logits = self._time = None
+
+    def _valid_for(self, z: Tensor, tau: Tensor) -> bool:
+        if self.cache is None or self.cache.batch != z.shape[0] or self.cache.length > z.shape[1]:
+            return False
+        P = self.cache.length
+        return bool((tau[:, :P] == 0).all()) and torch.equal(z[:, :P].to(self._z.dtype), self._z)
+
+    def __call__(self, z: Tensor, tau: Tensor) -> DenoiserOutput:
+        if not isinstance(z, Tensor) or z.ndim != 3 or not isinstance(tau, Tensor) or tau.ndim != 2:
+            raise ValueError("z must have shape (B, L, d) and tau (B, L)")
+        if not self._valid_for(z, tau):
+            self.reset()
+            self.cache = FrontierCache(len(self.model.blocks), z.shape[0])
+            self._z, self._logits, self._time = z[:, :0].detach(), None, None
+        P = self.cache.length
+        if z.shape[1] == P:
+            return DenoiserOutput(logits=self._logits, time=self._time)
+        out = self.model(z[:, P:], tau[:, P:], attention=Frontier(), cache=self.cache)
+        n = self.cache.length - P
+        logits = out.logits if self._logits is None else torch.cat([self._logits, out.logits], dim=1)
+        time = out.time if self._time is None else torch.cat([self._time, out.time], dim=1)
+        self._z = torch.cat([self._z, z[:, P : P + n].detach()], dim=1)
+        self._logits, self._time = logits[:, : P + n].detach(), time[:, : P + n].detach()
+        return DenoiserOutput(logits=logits, time=time)

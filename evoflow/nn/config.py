@@ -1,0 +1,127 @@
+"""Sizes of the time-conditioned Transformer: one table, one dataclass, one lookup.
+
+Every size is a row of ``_SIZES``; :func:`get_config` copies a row into a
+:class:`TransformerConfig` and applies the caller's overrides by field name. Nothing else in
+the package hard-codes a size. THEORY section 8 (claim C12).
+
+Parameter counts (exact, time conditioning on; computed on the meta device with
+``EvoTransformer.parameter_counts`` and checked by tests/nn/test_transformer_config.py):
+
+    name             total     transformer          time   latent   time head
+    tiny           134,465         103,744        29,632    1,024          65
+    small       19,760,769      19,406,720       329,088   24,576         385
+    150m       151,140,609     149,840,640     1,299,200        0         769
+    1b       1,110,786,561   1,104,218,112     6,566,400        0       2,049
+    8b       8,056,243,201   8,030,261,248    25,977,856        0       4,097
+
+"transformer" is the Llama-style body (latent embedding table, blocks, final norm, head);
+"time" the time MLP and the per-layer shift and gate offsets (the scale offsets are the norm
+weights, counted in the body); "latent" the input projection (absent when ``d_latent =
+width``); "time head" the ``that`` head.
+
+The ``8b`` row is the Llama-3-8B shape (32 layers, width 4096, 32 query and 8 key-value heads,
+SwiGLU 14336, vocabulary 128256, RoPE theta 500000, untied embedding and head); with
+``d_latent = width`` its latent space is the token-embedding space, so its transformer part is
+exactly Llama-3-8B's 8,030,261,248 parameters, and time conditioning adds 0.32%.
+The ``1b`` row is the Llama-3.2-1B body with a 32k vocabulary; ``150m`` and ``small`` are
+narrower bodies of the same design.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+from evoflow.schedules import get_schedule
+
+__all__ = ["TransformerConfig", "config_names", "get_config"]
+
+
+@dataclass(frozen=True)
+class TransformerConfig:
+    """Shape and options of an :class:`evoflow.nn.EvoTransformer` (THEORY section 8, C12).
+
+    ``width`` is the residual-stream size, ``heads`` / ``kv_heads`` the query and key-value
+    heads of grouped-query attention (head size ``width / heads``), ``ffn`` the SwiGLU hidden
+    size, ``d_latent`` the dimension of the noised latents ``z`` (``None``: the width, i.e. the
+    token-embedding space itself). Time conditioning maps ``t_i`` through ``time_freqs``
+    sinusoidal features and an MLP of hidden size ``time_width``; ``time_conditioning=False``
+    gives the time-agnostic model. ``schedule`` names the noise schedule the model carries.
+    """
+
+    name: str = "custom"
+    vocab: int = 64
+    width: int = 64
+    layers: int = 2
+    heads: int = 4
+    kv_heads: int = 2
+    ffn: int = 192
+    d_latent: int | None = None
+    rope_theta: float = 10000.0
+    norm_eps: float = 1e-5
+    time_conditioning: bool = True
+    time_freqs: int = 64
+    time_width: int = 64
+    schedule: str = "linear"
+
+    def __post_init__(self):
+        if self.d_latent is None:
+            object.__setattr__(self, "d_latent", self.width)
+        for field in ("vocab", "width", "layers", "heads", "kv_heads", "ffn", "d_latent", "time_freqs", "time_width"):
+            value = getattr(self, field)
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{field} must be a positive integer, got {value!r}")
+        if self.width % self.heads:
+            raise ValueError(f"heads ({self.heads}) must divide width ({self.width})")
+        if self.heads % self.kv_heads:
+            raise ValueError(f"kv_heads ({self.kv_heads}) must divide heads ({self.heads}) for grouped-query attention")
+        if self.head_dim % 2:
+            raise ValueError(f"width / heads = {self.head_dim} must be even for rotary embeddings")
+        if self.time_freqs % 2:
+            raise ValueError(f"time_freqs must be even (cosine and sine pairs), got {self.time_freqs}")
+        if not (self.rope_theta > 0 and self.norm_eps > 0):
+            raise ValueError(f"rope_theta and norm_eps must be positive, got {self.rope_theta}, {self.norm_eps}")
+        if not isinstance(self.time_conditioning, bool):
+            raise TypeError(f"time_conditioning must be a bool, got {self.time_conditioning!r}")
+        get_schedule(self.schedule)  # raises ValueError naming the schedules available
+
+    @property
+    def head_dim(self) -> int:
+        """Size of one attention head, ``width / heads``."""
+        return self.width // self.heads
+
+
+# One row per size; every other field takes the dataclass default.
+_SIZES: dict[str, dict] = {
+    "tiny": dict(vocab=64, width=64, layers=2, heads=4, kv_heads=2, ffn=192, d_latent=16,
+                 time_freqs=64, time_width=64),
+    "small": dict(vocab=8192, width=384, layers=10, heads=6, kv_heads=2, ffn=1024, d_latent=64,
+                  time_freqs=128, time_width=128),
+    "150m": dict(vocab=32000, width=768, layers=16, heads=12, kv_heads=4, ffn=2048,
+                 time_freqs=256, time_width=256),
+    "1b": dict(vocab=32000, width=2048, layers=16, heads=32, kv_heads=8, ffn=8192, rope_theta=500000.0,
+               time_freqs=256, time_width=512),
+    "8b": dict(vocab=128256, width=4096, layers=32, heads=32, kv_heads=8, ffn=14336, rope_theta=500000.0,
+               time_freqs=256, time_width=1024),
+}
+
+
+def config_names() -> list[str]:
+    """Names accepted by :func:`get_config`, smallest first (the size table of THEORY section 8's model)."""
+    return list(_SIZES)
+
+
+def get_config(name: str, **overrides) -> TransformerConfig:
+    """The configuration called ``name`` with fields replaced by ``overrides`` (THEORY section 8, C12).
+
+    ``get_config("8b", time_conditioning=False)`` is the time-agnostic 8B model. Unknown names
+    raise ``ValueError`` listing the sizes; unknown fields raise ``TypeError`` listing the fields;
+    impossible combinations (heads not dividing width, ...) raise ``ValueError``.
+    """
+    if name not in _SIZES:
+        raise ValueError(f"unknown config name {name!r}; available: {', '.join(config_names())}")
+    fields = {f.name for f in dataclasses.fields(TransformerConfig)} - {"name"}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise TypeError(f"unknown config field(s) {', '.join(unknown)}; fields: {', '.join(sorted(fields))}")
+    return TransformerConfig(name=name, **{**_SIZES[name], **overrides})

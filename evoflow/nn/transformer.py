@@ -1,0 +1,262 @@
+"""The time-conditioned Transformer denoiser (THEORY section 8, claim C12).
+
+Reads latents ``z`` (B, L, d_latent) and per-token times ``tau`` (B, L) and returns per-token
+logits over the vocabulary (so ``p_theta(x_i | z)``, ``ehat``, velocity and score come from
+:mod:`evoflow.process`, exactly as for the oracles) and a time estimate ``that_i`` in (0, 1).
+
+    h^0     = W_in z                          (or z itself when d_latent = width)
+    m_i     = MLP(sinusoid(t_i))              6 x (B, L, width): one time MLP for all layers
+    (b1, b2, s1, s2, g1, g2) = m_i + o_l      o_l: learned per-layer offsets ("adaLN-single")
+    a       = h + g1 * Attn(rms(h) * s1 + b1)                 rms(h) = h / sqrt(mean(h^2) + eps)
+    h'      = a + g2 * SwiGLU(rms(a) * s2 + b2)
+    logits  = W_out RMSNorm(h^n),  that = sigmoid(w_t . RMSNorm(h^n) + c)
+
+The scale offsets of a layer are its two RMSNorm weights (without time, RMSNorm(h) = rms(h) *
+weight), so the Transformer's own parameters are exactly those of the time-agnostic model.
+Attention is grouped-query with rotary position embeddings, through
+``scaled_dot_product_attention``, under a per-call :mod:`~evoflow.nn.attention` pattern. The
+time MLP's output layer is zero-initialised and the offsets start at shift 0, scale 1, gate 1:
+the time part of every shift, scale and gate starts at zero, so the untrained model is the
+plain pre-norm Transformer and ignores ``tau``. With ``time_conditioning=False`` the
+modulation is absent altogether (a time-agnostic model, as LLaDA). This file knows nothing of
+distribution: sharding, checkpointing, compilation and precision live in :mod:`evoflow.nn.parallel`.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from evoflow.nn.attention import AttentionPattern, Bidirectional
+from evoflow.nn.cache import FrontierCache, LayerCache, leading_committed
+from evoflow.nn.config import TransformerConfig
+from evoflow.process import DenoiserOutput
+from evoflow.schedules import check_times, get_schedule
+
+__all__ = ["EvoTransformer"]
+
+Rope = tuple[Tensor, Tensor]  # cos, sin: (L, head_dim / 2) each
+Modulation = tuple[Tensor, ...]  # b1, b2, s1, s2, g1, g2: (B, L, width) each
+
+
+def rope_tables(positions: Tensor, head_dim: int, theta: float) -> Rope:
+    """Rotary angles ``p * theta^(-2k / head_dim)`` for k < head_dim / 2, as cos and sin (L, head_dim / 2)."""
+    freqs = theta ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    angles = positions.to(torch.float32)[:, None] * freqs[None, :]
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: Tensor, rope: Rope) -> Tensor:
+    """Rotate pairs ``(x_k, x_{k + hd/2})`` by the position's angles, in float32; x (B, H, L, hd)."""
+    cos, sin = rope
+    x1, x2 = x.float().chunk(2, dim=-1)
+    return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
+
+
+def sinusoid(t: Tensor, n: int) -> Tensor:
+    """Sinusoidal features of times: ``[cos(1000 t w_k), sin(1000 t w_k)]``, ``w_k = 10^(-4k / (n/2))``; (B, L, n)."""
+    half = n // 2
+    w = torch.exp(-math.log(1e4) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    angles = 1000.0 * t.to(torch.float32)[..., None] * w
+    return torch.cat([angles.cos(), angles.sin()], dim=-1)
+
+
+class Attention(nn.Module):
+    """Grouped-query self-attention: ``softmax(Q K^T / sqrt(hd) + log M) V`` with RoPE on Q and K."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = cfg.heads, cfg.kv_heads, cfg.head_dim
+        self.wq = nn.Linear(cfg.width, cfg.heads * cfg.head_dim, bias=False)
+        self.wk = nn.Linear(cfg.width, cfg.kv_heads * cfg.head_dim, bias=False)
+        self.wv = nn.Linear(cfg.width, cfg.kv_heads * cfg.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.heads * cfg.head_dim, cfg.width, bias=False)
+
+    def forward(self, x: Tensor, rope: Rope, mask: Tensor | None, cache: LayerCache | None) -> Tensor:
+        B, L, _ = x.shape
+        q = self.wq(x).view(B, L, self.heads, self.head_dim).transpose(1, 2)  # (B, H, L, hd)
+        k = self.wk(x).view(B, L, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, L, hd)
+        v = self.wv(x).view(B, L, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, rope), apply_rope(k, rope)
+        if cache is not None:
+            k, v = cache.extend(k, v)  # (B, KV, P + L, hd): the committed prefix, then this chunk
+        if mask is not None:  # CUDA's fused GQA kernel takes no mask: share each K/V head with its group
+            k, v = (t.repeat_interleave(self.heads // self.kv_heads, dim=1) for t in (k, v))
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=mask is None)  # (B, H, L, hd)
+        return self.wo(y.transpose(1, 2).reshape(B, L, -1))
+
+
+class FeedForward(nn.Module):
+    """SwiGLU: ``W_2 (silu(W_1 x) * W_3 x)``."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.w1 = nn.Linear(cfg.width, cfg.ffn, bias=False)
+        self.w3 = nn.Linear(cfg.width, cfg.ffn, bias=False)
+        self.w2 = nn.Linear(cfg.ffn, cfg.width, bias=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.w2(F.silu(self.w1(x)) * self.w3(x))
+
+
+class Block(nn.Module):
+    """Pre-norm block; with time conditioning, norms and residual branches are modulated per token."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(cfg.width, eps=cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.ffn_norm = nn.RMSNorm(cfg.width, eps=cfg.norm_eps)
+        self.ffn = FeedForward(cfg)
+        self.eps = cfg.norm_eps
+        self.time_shift = self.time_gate = None
+        if cfg.time_conditioning:  # this layer's offsets of the shared modulation (scales: the norm weights)
+            self.time_shift = nn.Parameter(torch.zeros(2, cfg.width))  # b1, b2
+            self.time_gate = nn.Parameter(torch.ones(2, cfg.width))  # g1, g2
+
+    def forward(
+        self, x: Tensor, rope: Rope, mask: Tensor | None, mod: Modulation | None, cache: LayerCache | None = None
+    ) -> Tensor:
+        if mod is None:
+            x = x + self.attn(self.attn_norm(x), rope, mask, cache)
+            return x + self.ffn(self.ffn_norm(x))
+        b1, b2 = (m + o for m, o in zip(mod[:2], self.time_shift, strict=True))  # (B, L, width) each
+        s1, s2 = mod[2] + self.attn_norm.weight, mod[3] + self.ffn_norm.weight
+        g1, g2 = (m + o for m, o in zip(mod[4:], self.time_gate, strict=True))
+        x = torch.addcmul(x, g1, self.attn(torch.addcmul(b1, self._rms(x), s1), rope, mask, cache))
+        return torch.addcmul(x, g2, self.ffn(torch.addcmul(b2, self._rms(x), s2)))
+
+    def _rms(self, x: Tensor) -> Tensor:
+        return F.rms_norm(x, x.shape[-1:], eps=self.eps)
+
+
+class TimeEmbedding(nn.Module):
+    """``t_i -> MLP(sinusoid(t_i))``, the modulation shared by all layers; output layer zero-initialised."""
+
+    def __init__(self, cfg: TransformerConfig):
+        super().__init__()
+        self.freqs, self.width = cfg.time_freqs, cfg.width
+        self.fc1 = nn.Linear(cfg.time_freqs, cfg.time_width)
+        self.fc2 = nn.Linear(cfg.time_width, 6 * cfg.width)
+
+    def forward(self, tau: Tensor) -> Modulation:
+        features = sinusoid(tau, self.freqs).to(self.fc1.weight.dtype)  # (B, L, time_freqs)
+        return self.fc2(F.silu(self.fc1(features))).split(self.width, dim=-1)  # 6 x (B, L, width)
+
+
+class EvoTransformer(nn.Module):
+    """Time-conditioned Transformer with the denoiser interface ``model(z, tau) -> DenoiserOutput``.
+
+    Carries ``.schedule`` and ``.embeddings`` (V, d_latent) like the oracles, so every solver,
+    path, ELBO and likelihood routine takes it unchanged (THEORY section 8, claim C12). The
+    attention pattern is chosen per call (default ``self.attention``, bidirectional); a
+    :class:`~evoflow.nn.cache.FrontierCache` reuses the committed prefix under ``Frontier()``.
+    Build on ``torch.device("meta")`` and call :meth:`init_weights` after materialising.
+    """
+
+    def __init__(self, config: TransformerConfig):
+        super().__init__()
+        if not isinstance(config, TransformerConfig):
+            raise TypeError(f"config must be a TransformerConfig (evoflow.nn.get_config), got {type(config).__name__}")
+        self.config = config
+        self.schedule = get_schedule(config.schedule)
+        self.attention: AttentionPattern = Bidirectional()
+        self.embed = nn.Embedding(config.vocab, config.d_latent)
+        self.proj_in = nn.Linear(config.d_latent, config.width, bias=False) if config.d_latent != config.width else None
+        self.time = TimeEmbedding(config) if config.time_conditioning else None
+        self.blocks = nn.ModuleList(Block(config) for _ in range(config.layers))
+        self.norm = nn.RMSNorm(config.width, eps=config.norm_eps)
+        self.head = nn.Linear(config.width, config.vocab, bias=False)
+        self.time_head = nn.Linear(config.width, 1)
+        self.init_weights()
+
+    @property
+    def embeddings(self) -> Tensor:
+        """The latent embedding table E (V, d_latent) that the forward process noises."""
+        return self.embed.weight
+
+    @torch.no_grad()
+    def init_weights(self, generator: torch.Generator | None = None) -> None:
+        """Initialise every parameter (after materialising a model built on the meta device).
+
+        Embeddings N(0, 1); latent projection N(0, 1 / d_latent); other weights N(0, 0.02^2), residual
+        outputs (wo, w2) N(0, 0.02^2 / (2 layers)); biases 0; norms 1; the time MLP's output layer 0
+        and the offsets shift 0, scale and gate 1, so that time is ignored at first.
+        """
+        nn.init.normal_(self.embed.weight, std=1.0, generator=generator)
+        if self.proj_in is not None:
+            nn.init.normal_(self.proj_in.weight, std=self.config.d_latent**-0.5, generator=generator)
+        out_std = 0.02 / math.sqrt(2 * self.config.layers)
+        for name, p in self.named_parameters():  # every other linear weight
+            if name.endswith(".weight") and p.ndim == 2 and not name.startswith(("embed.", "proj_in.")):
+                std = out_std if name.endswith(("wo.weight", "w2.weight")) else 0.02
+                nn.init.normal_(p, std=std, generator=generator)
+        for m in self.modules():
+            if isinstance(m, nn.RMSNorm):
+                nn.init.ones_(m.weight)
+            elif isinstance(m, nn.Linear) and m.bias is not None:
+                nn.init.zeros_(m.bias)
+        for block in self.blocks:
+            if block.time_shift is not None:
+                nn.init.zeros_(block.time_shift)
+                nn.init.ones_(block.time_gate)
+        if self.time is not None:
+            nn.init.zeros_(self.time.fc2.weight)
+
+    def forward(
+        self, z: Tensor, tau: Tensor, attention: AttentionPattern | None = None, cache: FrontierCache | None = None
+    ) -> DenoiserOutput:
+        """Logits (B, L, V) in float32 and time estimates (B, L) for latents z (B, L, d_latent) at times tau (B, L).
+
+        With a ``cache`` holding the committed prefix, ``z`` and ``tau`` cover positions
+        ``cache.length ..`` only; the leading committed tokens of this chunk join the cache.
+        """
+        pattern = self.attention if attention is None else attention
+        self._check_inputs(z, tau, pattern, cache)
+        offset = 0 if cache is None else cache.length
+        positions = torch.arange(offset, offset + z.shape[1], device=z.device)
+        rope = rope_tables(positions, self.config.head_dim, self.config.rope_theta)
+        mask = pattern.mask(tau, offset)  # (B, 1, L, offset + L) or None
+        h = z.to(self.norm.weight.dtype)  # (B, L, d_latent)
+        if self.proj_in is not None:
+            h = self.proj_in(h)  # (B, L, width)
+        mod = None if self.time is None else self.time(tau)  # 6 x (B, L, width)
+        for i, block in enumerate(self.blocks):
+            h = block(h, rope, mask, mod, None if cache is None else cache.layers[i])
+        h = self.norm(h)
+        that = torch.sigmoid(self.time_head(h).squeeze(-1).float())  # (B, L)
+        out = DenoiserOutput(logits=self.head(h).float(), time=that)
+        if cache is not None:
+            cache.commit(leading_committed(tau))
+        return out
+
+    def _check_inputs(self, z: Tensor, tau: Tensor, pattern: object, cache: FrontierCache | None) -> None:
+        d = self.config.d_latent
+        if not isinstance(z, Tensor) or z.ndim != 3 or z.shape[-1] != d or not z.is_floating_point():
+            raise ValueError(f"z must be a float tensor of shape (B, L, d_latent={d}), got {_shape(z)}")
+        check_times(tau, "tau")
+        if tau.shape != z.shape[:2]:
+            raise ValueError(f"tau must have shape (B, L) = {tuple(z.shape[:2])} to match z, got {tuple(tau.shape)}")
+        if not isinstance(pattern, AttentionPattern):
+            raise TypeError(f"attention must be an AttentionPattern (e.g. Frontier()), got {type(pattern).__name__}")
+        if cache is not None:
+            if not pattern.cacheable:
+                raise ValueError(f"cache needs the Frontier attention pattern, got {pattern!r}")
+            cache.check(batch=z.shape[0], layers=len(self.blocks))
+
+    def parameter_counts(self) -> dict[str, int]:
+        """Parameters by part: ``transformer`` (the Llama-style body: embedding, blocks, norm, head),
+        ``time`` (time MLP and per-layer offsets), ``latent`` (input projection), ``time_head``."""
+        counts = {"transformer": 0, "time": 0, "latent": 0, "time_head": 0}
+        for name, p in self.named_parameters():
+            part = "time" if name.startswith("time.") or name.endswith(("time_shift", "time_gate")) else "transformer"
+            part = {"proj_in": "latent", "time_head": "time_head"}.get(name.split(".")[0], part)
+            counts[part] += p.numel()
+        return counts
+
+
+def _shape(x: object) -> object:
+    return tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__

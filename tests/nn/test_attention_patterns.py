@@ -1,0 +1,111 @@
+"""Attention patterns chosen per call: masks and the dependence structure they imply (THEORY section 8, C12)."""
+
+import pytest
+import torch
+from hypothesis import given
+from hypothesis import strategies as st
+
+from evoflow.nn import Bidirectional, BlockCausal, Frontier
+
+
+@st.composite
+def times_with_commits(draw, max_len=8):
+    """(B, L) times in [0, 1] where an arbitrary subset of tokens is committed (t = 0)."""
+    B, L = draw(st.integers(1, 3)), draw(st.integers(1, max_len))
+    seed = draw(st.integers(0, 2**31 - 1))
+    g = torch.Generator().manual_seed(seed)
+    tau = torch.rand(B, L, generator=g, dtype=torch.float64).clamp_min(1e-3)
+    committed = torch.rand(B, L, generator=g) < draw(st.floats(0.0, 1.0))
+    return torch.where(committed, 0.0, tau)
+
+
+@given(times_with_commits(), st.integers(0, 4))
+def test_frontier_mask_is_its_definition(tau, offset):
+    """M[q, k] = active(q) or (committed(k) and k <= q), cached keys committed, checked entry by entry."""
+    m = Frontier().mask(tau, offset)
+    B, L = tau.shape
+    assert m.shape == (B, 1, L, offset + L) and m.dtype == torch.bool
+    for b in range(B):
+        for qi in range(L):
+            q = offset + qi
+            for k in range(offset + L):
+                committed_k = k < offset or tau[b, k - offset] == 0
+                expected = bool(tau[b, qi] > 0) or (committed_k and k <= q)
+                assert bool(m[b, 0, qi, k]) == expected
+    assert m[:, 0].diagonal(offset=offset, dim1=-2, dim2=-1).all()  # every query sees itself
+
+
+def test_block_causal_masks():
+    tau = torch.rand(2, 6, dtype=torch.float64)
+    causal = torch.ones(6, 6, dtype=torch.bool).tril()
+    assert torch.equal(BlockCausal(block=1).mask(tau)[0, 0], causal)
+    assert BlockCausal(block=6).mask(tau).all()
+    blocks = torch.tensor([0, 0, 0, 1, 1, 1])
+    assert torch.equal(BlockCausal(block=3).mask(tau)[1, 0], blocks[None, :] <= blocks[:, None])
+    assert Bidirectional().mask(tau) is None
+
+
+def test_all_committed_frontier_is_causal():
+    tau = torch.zeros(1, 5, dtype=torch.float64)
+    assert torch.equal(Frontier().mask(tau), BlockCausal(block=1).mask(tau))
+
+
+def test_patterns_validate_and_compare():
+    with pytest.raises(ValueError, match="block must be a positive integer"):
+        BlockCausal(block=0)
+    assert BlockCausal(block=2) == BlockCausal(block=2) != BlockCausal(block=3)
+    assert Frontier() == Frontier() and Frontier() != Bidirectional()
+
+
+def model_inputs(model, tau, seed=2):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(*tau.shape, model.config.d_latent, generator=g)
+
+
+@given(times_with_commits(max_len=7), st.integers(0, 6), st.floats(0.05, 1.0))
+def test_frontier_committed_outputs_ignore_active_tokens(make_model, tau, which, new_time):
+    """Changing an active token's latent and time changes no committed token's output (and does change its own)."""
+    model = make_model()
+    which = which % tau.shape[1]
+    tau[0, which] = 0.5  # make sure the edited token is active
+    z = model_inputs(model, tau)
+    z2, tau2 = z.clone(), tau.clone()
+    z2[0, which] += 1.0
+    tau2[0, which] = new_time
+    a, b = model(z, tau, attention=Frontier()), model(z2, tau2, attention=Frontier())
+    committed = tau == 0
+    assert ((a.logits - b.logits).abs()[committed] <= 1e-6).all()
+    assert ((a.time - b.time).abs()[committed] <= 1e-6).all()
+    assert (a.logits - b.logits)[0, which].abs().max() > 1e-4
+
+
+def test_bidirectional_spreads_every_change(make_model):
+    model = make_model()
+    tau = torch.tensor([[0.0, 0.0, 0.4, 0.8]], dtype=torch.float64)
+    z = model_inputs(model, tau)
+    z2 = z.clone()
+    z2[0, 3] += 1.0
+    diff = (model(z, tau).logits - model(z2, tau).logits).abs().amax(-1)  # (1, L)
+    assert bool((diff > 1e-5).all())
+
+
+def test_block_causal_earlier_blocks_ignore_later_ones(make_model):
+    model = make_model()
+    tau = torch.rand(2, 6, dtype=torch.float64)
+    z = model_inputs(model, tau)
+    z2 = z.clone()
+    z2[:, 4] += 1.0  # block 2 of BlockCausal(2)
+    a, b = model(z, tau, attention=BlockCausal(2)), model(z2, tau, attention=BlockCausal(2))
+    diff = (a.logits - b.logits).abs().amax(-1)  # (B, L)
+    assert diff[:, :4].max() <= 1e-6 and bool((diff[:, 4:] > 1e-5).all())
+
+
+def test_default_pattern_is_an_attribute(make_model):
+    model = make_model()
+    tau = torch.tensor([[0.0, 0.0, 0.3, 0.9]], dtype=torch.float64)
+    z = model_inputs(model, tau)
+    bidirectional = model(z, tau).logits
+    torch.testing.assert_close(bidirectional, model(z, tau, attention=Bidirectional()).logits, rtol=0, atol=0)
+    model.attention = Frontier()
+    torch.testing.assert_close(model(z, tau).logits, model(z, tau, attention=Frontier()).logits, rtol=0, atol=0)
+    assert (model(z, tau).logits - bidirectional).abs().max() > 1e-5
