@@ -1,6 +1,8 @@
 """``evoflow verify``: every claim of THEORY.md checked numerically on fresh exact oracles.
 
-Each check returns a :class:`ClaimResult` row (claim, quantity, measured, expected, verdict);
+C1-C11 run on a random Markov oracle; C12 (the frontier cache) on a tiny Transformer with live
+time conditioning, so this module belongs to the application layer, beside the CLI. Each check
+returns a :class:`ClaimResult` row (claim, quantity, measured, expected, verdict);
 :func:`run_all` collects them with the series behind the report's figures. A claim that rests on
 an assumption the chosen schedule breaks (``alpha(1) = 0`` for C6-C8) is reported as ``n/a``.
 """
@@ -288,8 +290,31 @@ def check_c10(ctx: Context) -> ClaimResult:
                        _verdict(slack <= 1e-12))
 
 
+def check_c12(ctx: Context) -> ClaimResult:
+    """Frontier attention with a KV cache of the committed prefix equals full recomputation (C12)."""
+    from evoflow.nn import CachedDenoiser, EvoTransformer, Frontier, get_config
+
+    g = ctx.gen(12)
+    torch.manual_seed(ctx.settings.seed)
+    model = EvoTransformer(get_config("tiny", layers=3)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():  # make time conditioning live, as after training
+            if name.startswith("time.") or name.endswith(("time_shift", "time_gate")):
+                p.add_(0.2 * torch.randn(p.shape, generator=g))
+        z = torch.randn(2, 12, model.config.d_latent, generator=g)
+        cached, worst = CachedDenoiser(model), 0.0
+        for frontier in range(13):  # tokens commit left to right while the active ones keep moving
+            tau = torch.rand(2, 12, generator=g, dtype=F64).clamp_min(0.01)
+            tau[:, :frontier] = 0.0
+            full = model(z, tau, attention=Frontier()).logits
+            worst = max(worst, float((cached(z, tau).logits - full).abs().max()))
+            z = torch.where((tau > 0)[..., None], z + 0.1, z)
+    return ClaimResult("C12", "frontier KV cache vs full recomputation, max abs logit difference (float32)",
+                       worst, "<= 1e-5", _verdict(worst <= 1e-5))
+
+
 CHECKS = (check_c1, check_c2_c11, check_c3, check_c4_c6, check_c4_spacing, check_c5, check_c7, check_c8,
-          check_c9, check_c10)
+          check_c9, check_c10, check_c12)
 
 
 def run_all(settings: Settings) -> tuple[list[ClaimResult], dict]:

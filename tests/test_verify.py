@@ -13,7 +13,7 @@ def test_verify_passes_and_reports(args, tmp_path, capsys):
     assert main(["verify", *args, "--json", "--out", str(tmp_path)]) == 0
     out = json.loads(capsys.readouterr().out)
     claims = {row["claim"] for row in out["claims"]}
-    assert {f"C{i}" for i in range(1, 12)} <= claims
+    assert {f"C{i}" for i in range(1, 13)} <= claims
     assert out["passed"] and all(row["verdict"] in ("pass", "n/a") for row in out["claims"])
     (run,) = tmp_path.iterdir()
     assert "| C7 |" in (run / "report.md").read_text()
