@@ -169,7 +169,7 @@ def q_forward(z_s: Tensor, s: Tensor, t: Tensor, schedule: Schedule,
     a_ts = schedule.alpha(t) / torch.where(moving, schedule.alpha(s), one)
     var = (schedule.sigma(t) ** 2 - a_ts**2 * schedule.sigma(s) ** 2).clamp_min(0.0)
     noise = torch.randn(z_s.shape, generator=generator, dtype=z_s.dtype, device=z_s.device)
-    z_t = torch.addcmul(_coef(a_ts, z_s) * z_s, _coef(var.sqrt(), z_s), noise)
+    z_t = (_coef(a_ts, z_s) * z_s).addcmul_(_coef(var.sqrt(), z_s), noise)
     return torch.where(moving[..., None], z_t, z_s)
 
 
@@ -183,7 +183,7 @@ def ddim_mean(z: Tensor, ehat: Tensor, t: Tensor, s: Tensor, schedule: Schedule)
     sg_t = schedule.sigma(t)
     c_z = torch.where(sg_t > 0, schedule.sigma(s) / torch.where(sg_t > 0, sg_t, torch.ones_like(sg_t)), 0.0 * sg_t)
     c_e = schedule.alpha(s) - schedule.alpha(t) * c_z
-    return torch.addcmul(_coef(c_e, ehat) * ehat, _coef(c_z, z), z)
+    return (_coef(c_e, ehat) * ehat).addcmul_(_coef(c_z, z), z)
 
 
 def posterior_probs(logits: Tensor) -> Tensor:
@@ -211,7 +211,7 @@ def _eps_coefficients(tau: Tensor, schedule: Schedule) -> tuple[Tensor, Tensor]:
 def epsilon(z: Tensor, ehat: Tensor, tau: Tensor, schedule: Schedule) -> Tensor:
     """Noise estimate ``epshat = (z - alpha ehat) / sigma`` (0 where sigma = 0); (B, L, d) (C1)."""
     inv, a_inv = _eps_coefficients(tau, schedule)
-    return torch.addcmul(-_coef(a_inv, z) * ehat, _coef(inv, z), z)
+    return (-_coef(a_inv, z) * ehat).addcmul_(_coef(inv, z), z)
 
 
 def velocity(z: Tensor, ehat: Tensor, tau: Tensor, schedule: Schedule) -> Tensor:
@@ -225,7 +225,7 @@ def velocity(z: Tensor, ehat: Tensor, tau: Tensor, schedule: Schedule) -> Tensor
     inv, a_inv = _eps_coefficients(tau, schedule)
     ds = schedule.dsigma(tau)
     c_z, c_e = ds * inv, schedule.dalpha(tau) - ds * a_inv
-    return torch.addcmul(_coef(c_e, z) * ehat, _coef(c_z, z), z)
+    return (_coef(c_e, z) * ehat).addcmul_(_coef(c_z, z), z)
 
 
 def score(z: Tensor, ehat: Tensor, tau: Tensor, schedule: Schedule) -> Tensor:
