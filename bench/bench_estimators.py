@@ -48,6 +48,32 @@ def model_problem(seed: int = 0):
     return "random tiny EvoTransformer (V=64, L=16, d=16)", model, x
 
 
+def optimal_bound(den, x, dist, t_min: float, points: int = 200, draws: int = 400) -> float:
+    """The best variance reduction any proposal for s can give here: Var_uniform / Var_optimal with the
+    optimal r_j(s) ~ sqrt(E[f^2 | s, path j]) (E over z at fixed s), by a midpoint rule in s and
+    Monte Carlo in z. What remains is the variance in z ~ q(z | x, tau(s)), which no choice of s removes."""
+    from evoflow.elbo import continuous_integrand
+    from evoflow.process import denoised, q_sample
+
+    s = (torch.arange(points, dtype=torch.float64) + 0.5) / points
+    L, sch, E = x.shape[1], den.schedule, den.embeddings
+    ratios = []
+    for b in range(x.shape[0]):
+        m2_uniform, m2_opt, mean = 0.0, 0.0, 0.0
+        for w, path in zip(dist.weights.tolist(), dist.paths, strict=True):
+            tau = ef.paths.to_times(path.tau(s, L), t_min).repeat_interleave(draws, 0)
+            dtau = ((1 - t_min) * path.dtau(s, L)).repeat_interleave(draws, 0)
+            xs = x[b:b + 1].expand(len(tau), L)
+            z = q_sample(xs, tau, E, sch, torch.Generator().manual_seed(b)).to(E.dtype)
+            f = continuous_integrand(E[xs], denoised(den(z, tau), E, z), tau, dtau, sch).sum(-1).reshape(points, draws)
+            m2 = (f**2).mean(1)
+            m2_uniform += w * float(m2.mean())
+            m2_opt += w * float(m2.sqrt().mean()) ** 2
+            mean += w * float(f.mean())
+        ratios.append((m2_uniform - mean**2) / (m2_opt - mean**2))
+    return sum(ratios) / len(ratios)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--replications", type=int, default=256)
@@ -66,6 +92,9 @@ def main() -> None:
                                          generator=torch.Generator().manual_seed(7))
             base = var["uniform"][1].mean()
             print(f"{title}, t_min={t_min}, {args.calls} calls x {args.replications} replications, 4 sequences")
+            if make is oracle_problem:
+                with torch.no_grad():
+                    print(f"  bound: the optimal proposal for s would give x{optimal_bound(den, x, dist, t_min):.2f}")
             for name, (mean, v) in var.items():
                 gain = float(base / v.mean())
                 print(f"  {name:<30} mean {float(mean.mean()):9.3f}   variance reduction x{gain:6.2f}")
