@@ -75,27 +75,35 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text}")
+    return value
+
+
+def _oracle_options(parser: argparse.ArgumentParser, vocab: int, length: int) -> None:
+    """The options every oracle-based command shares: problem size, schedule, seed, output folder."""
+    parser.add_argument("--vocab", type=_positive, default=vocab, help="vocabulary size V")
+    parser.add_argument("--length", type=_positive, default=length, help="sequence length L")
+    parser.add_argument("--schedule", default="cosine", choices=["linear", "cosine", "loglinear"])
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default="runs", help="folder for the run's report")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``evoflow`` command."""
     parser = argparse.ArgumentParser(prog="evoflow", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     sub.add_parser("solvers", help="list registered solvers (name, kind, order)").set_defaults(func=_cmd_solvers)
     demo = sub.add_parser("demo", help="likelihood-error-vs-NFE study on a Markov oracle")
-    demo.add_argument("--vocab", type=int, default=4)
-    demo.add_argument("--length", type=int, default=4)
-    demo.add_argument("--schedule", default="cosine", choices=["linear", "cosine", "loglinear"])
-    demo.add_argument("--seed", type=int, default=0)
-    demo.add_argument("--quick", action="store_true", help="two budgets per series instead of four")
-    demo.add_argument("--out", default="runs", help="folder for the run's report")
+    _oracle_options(demo, vocab=4, length=4)
+    demo.add_argument("--quick", action="store_true", help="two budgets per series instead of five")
     demo.set_defaults(func=_cmd_demo)
     verify = sub.add_parser("verify", help="check every claim of THEORY.md on a fresh exact oracle")
-    verify.add_argument("--vocab", type=int, default=3)
-    verify.add_argument("--length", type=int, default=3)
-    verify.add_argument("--dim", type=int, default=2)
-    verify.add_argument("--schedule", default="cosine", choices=["linear", "cosine", "loglinear"])
-    verify.add_argument("--seed", type=int, default=0)
+    _oracle_options(verify, vocab=3, length=3)
+    verify.add_argument("--dim", type=_positive, default=2, help="embedding dimension d")
     verify.add_argument("--json", action="store_true", help="print the results as JSON")
-    verify.add_argument("--out", default="runs", help="folder for the run's report")
     verify.set_defaults(func=_cmd_verify)
     return parser
 

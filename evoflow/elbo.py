@@ -31,6 +31,7 @@ from evoflow.kernels import GaussianKernel, Kernel, gaussian_step_kl
 from evoflow.paths import Path, as_grid, to_times
 from evoflow.process import DenoiserOutput, check_denoiser, check_output, denoised, q_forward, q_sample
 from evoflow.schedules import Schedule
+from evoflow.solve import check_t_min
 
 __all__ = [
     "ContinuousNELBO",
@@ -142,9 +143,7 @@ def _check_common(denoiser, x, samples, t_min) -> tuple[Tensor, int, float]:
     x = _check_x(x, denoiser)
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples must be an int >= 1, got {samples!r}")
-    if isinstance(t_min, bool) or not isinstance(t_min, int | float) or not 0.0 <= t_min < 1.0:
-        raise ValueError(f"t_min must be a number in [0, 1), got {t_min!r}")
-    return x, samples, float(t_min)
+    return x, samples, check_t_min(t_min)
 
 
 def _finite(value: Tensor, what: str) -> Tensor:

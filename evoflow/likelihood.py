@@ -23,7 +23,7 @@ from torch import Tensor
 from evoflow.field import Divergence, Field, get_divergence
 from evoflow.paths import Path, as_grid, to_times
 from evoflow.process import check_denoiser
-from evoflow.solve import GridController, _check_z, check_t_min, integrate
+from evoflow.solve import GridController, check_latents, check_t_min, integrate
 from evoflow.solvers import Solver, State, get
 
 __all__ = ["LikelihoodResult", "flow_log_likelihood", "gaussian_prior", "log_likelihood"]
@@ -64,7 +64,7 @@ def flow_log_likelihood(denoiser, z: Tensor, path: Path | Sequence[Path] | Tenso
                         prior: Prior | None = None, generator: torch.Generator | None = None) -> LikelihoodResult:
     """:func:`log_likelihood` with its parts (prior term, log-determinant, end point, call count) (C11)."""
     check_denoiser(denoiser)
-    _check_z(z, denoiser)
+    check_latents(z, denoiser)
     t_min = check_t_min(t_min)
     solver = get(solver)
     if solver.kind != "ode":

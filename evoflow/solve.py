@@ -80,7 +80,8 @@ def integrate(field: Field, solver: Solver, state: State, controller: Controller
     return SolveResult(z=state.z, tau=t, nfe=field.nfe, times=stack(times), trajectory=stack(traj), logdet=state.logdet)
 
 
-def _check_z(z: Tensor, denoiser) -> None:
+def check_latents(z: Tensor, denoiser) -> None:
+    """Raise ``TypeError``/``ValueError`` naming ``z`` unless it is finite, (B, L, d), d the denoiser's."""
     if not isinstance(z, Tensor) or not z.is_floating_point():
         raise TypeError("z must be a floating-point tensor of shape (B, L, d)")
     if z.ndim != 3:
@@ -110,7 +111,7 @@ def solve(denoiser, z: Tensor, path: Path | Sequence[Path] | Tensor, steps: int 
     the denoiser's ``.schedule``. ``nfe`` in the result is the exact number of denoiser calls.
     """
     check_denoiser(denoiser)
-    _check_z(z, denoiser)
+    check_latents(z, denoiser)
     t_min = check_t_min(t_min)
     solver = get(solver)
     B, L, _ = z.shape

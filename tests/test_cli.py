@@ -25,6 +25,9 @@ def test_demo_writes_a_report_and_a_figure(tmp_path, capsys):
     assert (run / "likelihood_vs_nfe.png").stat().st_size > 10_000
 
 
-def test_bad_command_exits_with_usage():
+def test_bad_command_or_size_exits_with_usage(capsys):
     with pytest.raises(SystemExit):
         main(["frobnicate"])
+    with pytest.raises(SystemExit):
+        main(["verify", "--vocab", "0"])
+    assert "must be a positive integer" in capsys.readouterr().err
