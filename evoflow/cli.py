@@ -56,7 +56,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     import dataclasses
     import json
 
-    from evoflow.verify import Settings, report, run_all, table
+    from evoflow.verify import Settings, run_all
+    from evoflow.verify_report import report, table
 
     torch.set_num_threads(1)
     settings = Settings(vocab=args.vocab, length=args.length, dim=args.dim, schedule=args.schedule, seed=args.seed)

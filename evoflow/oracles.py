@@ -239,9 +239,11 @@ class TableOracle(ExactOracle):
         pos = torch.arange(self.length)
         scores = self._log_p + em[:, pos, self._seqs].sum(-1)  # (B, N)
         log_norm = torch.logsumexp(scores, dim=-1)
-        onehot = torch.nn.functional.one_hot(self._seqs, self.vocab).bool()  # (N, L, V)
-        masked = torch.where(onehot, (scores - log_norm[:, None])[:, :, None, None], -math.inf)  # (B, N, L, V)
-        return torch.logsumexp(masked, dim=1), log_norm  # log space: no underflow to log(0)
+        joint = (scores - log_norm[:, None]).reshape(-1, *self.probs.shape)  # (B, V, ..., V), row-major like probs
+        dims = range(1, self.length + 1)
+        post = [torch.logsumexp(joint, dim=tuple(j for j in dims if j != i)) if self.length > 1 else joint
+                for i in dims]  # log space: no underflow to log(0)
+        return torch.stack(post, dim=1), log_norm
 
     def log_prob(self, x: Tensor) -> Tensor:
         self._check_tokens(x)
