@@ -155,7 +155,7 @@ def _finite(value: Tensor, what: str) -> Tensor:
 
 def _mean_and_stderr(values: Tensor, samples: int, batch: int) -> tuple[Tensor, Tensor]:
     v = values.reshape(samples, batch)
-    se = v.std(0) / math.sqrt(samples) if samples > 1 else torch.full((batch,), math.nan, dtype=v.dtype)
+    se = v.std(0) / math.sqrt(samples) if samples > 1 else torch.full_like(v[0], math.nan)
     return v.mean(0), se
 
 
@@ -180,14 +180,14 @@ def nelbo(denoiser, x: Tensor, path: Path | Sequence[Path] | Tensor, steps: int 
         raise ValueError("path: prompt columns (time 0 throughout) are not supported by nelbo")
     if isinstance(kernel, GaussianKernel) and float(sch.snr(torch.tensor(t_min, dtype=torch.float64))) == math.inf:
         raise ValueError(f"t_min must be > 0 for GaussianKernel with {sch!r}: SNR(t_min) = inf")
-    times = to_times(grid, t_min).repeat(1, samples, 1)  # (K+1, S B, L)
+    times = to_times(grid, t_min).repeat(1, samples, 1).to(E.device)  # (K+1, S B, L)
     xs = x.repeat(samples, 1)
     K = times.shape[0] - 1
     z = q_sample(xs, times[K], E, sch, generator).to(E.dtype)  # the clean end of the trajectory
     out = check_output(denoiser(z, times[K]), z, E.shape[0])
     kernel.check(out)
     recon = reconstruction(denoiser, xs, z, times[K], out)
-    terms = torch.zeros(K, xs.shape[0], L, dtype=torch.float64)
+    terms = torch.zeros(K, xs.shape[0], L, dtype=torch.float64, device=E.device)
     nfe = 1
     for k in range(K - 1, -1, -1):  # draw the trajectory toward the noise end, scoring each step
         z_t = q_forward(z, times[k + 1], times[k], sch, generator)
@@ -265,18 +265,19 @@ def continuous_nelbo(denoiser, x: Tensor, path: Path | Sequence[Path] | PathDist
     if float(sch.snr(torch.tensor(t_min, dtype=torch.float64))) == math.inf:
         raise ValueError(f"t_min must be > 0 for {sch!r}: SNR(t_min) = inf")
     B, L = x.shape
-    tau, dtau, weight = _sample_times(_as_distribution(path), sampler, B, samples, L, sch, t_min, generator)
+    tau, dtau, weight = (v.to(E.device) for v in _sample_times(_as_distribution(path), sampler, B, samples, L,
+                                                                sch, t_min, generator))
     xs = x[:, None, :].expand(B, samples, L).reshape(B * samples, L)
     tau, dtau = tau.reshape(B * samples, L), dtau.reshape(B * samples, L)
     z = q_sample(xs, tau, E, sch, generator).to(E.dtype)
     ehat = denoised(check_output(denoiser(z, tau), z, E.shape[0]), E, z)
     f = continuous_integrand(E.to(z.dtype)[xs], ehat, tau, dtau, sch).sum(-1).reshape(B, samples) * weight
     f = _finite(f, "continuous_nelbo")
-    t_end = torch.full((B, L), t_min, dtype=torch.float64)
+    t_end = torch.full((B, L), t_min, dtype=torch.float64, device=E.device)
     recon = reconstruction(denoiser, x, q_sample(x, t_end, E, sch, generator).to(E.dtype), t_end)
     prior = prior_kl(x, E, sch)
     integral = f.mean(1)
-    se = f.std(1) / math.sqrt(samples) if samples > 1 else torch.full((B,), math.nan, dtype=f.dtype)
+    se = f.std(1) / math.sqrt(samples) if samples > 1 else torch.full_like(f[:, 0], math.nan)
     return ContinuousNELBO(total=prior + integral + recon, integral=integral, prior=prior, recon=recon,
                            stderr=se, per_call=f, nfe=1 + (0 if hasattr(denoiser, "log_posterior") else 1))
 
@@ -297,12 +298,14 @@ def fit_log_snr_profile(denoiser, x: Tensor, path, t_min: float = 0.01, calls: i
     x, calls, t_min = _check_common(denoiser, x, calls, t_min)
     sch, E = denoiser.schedule, denoiser.embeddings
     B, L = x.shape
-    tau, dtau, _ = _sample_times(_as_distribution(path), Uniform(), B, calls, L, sch, t_min, generator)
+    tau, dtau, _ = (v.to(E.device) for v in _sample_times(_as_distribution(path), Uniform(), B, calls, L, sch,
+                                                           t_min, generator))
     xs = x[:, None, :].expand(B, calls, L).reshape(-1, L)
     tau, dtau = tau.reshape(-1, L), dtau.reshape(-1, L)
     z = q_sample(xs, tau, E, sch, generator).to(E.dtype)
     ehat = denoised(check_output(denoiser(z, tau), z, E.shape[0]), E, z)
-    phi = 0.5 * sch.snr(tau) * ((E.to(z.dtype)[xs] - ehat) ** 2).sum(-1).to(torch.float64)  # (N, L)
+    phi = (0.5 * sch.snr(tau) * ((E.to(z.dtype)[xs] - ehat) ** 2).sum(-1).to(torch.float64)).cpu()  # (N, L)
+    tau, dtau = tau.cpu(), dtau.cpu()
     rate = torch.where(dtau != 0, sch.dlog_snr(tau) * dtau, torch.zeros_like(tau))  # R_i >= 0
     value = (rate * phi).sum(-1) / rate.sum(-1).clamp_min(1e-300)  # (N,)
     hi = float(sch.log_snr(torch.tensor(t_min, dtype=torch.float64)))

@@ -109,7 +109,7 @@ def denoised(out: DenoiserOutput, embeddings: Tensor, like: Tensor) -> Tensor:
 
 def _coef(values: Tensor, like: Tensor) -> Tensor:
     """Per-token coefficient (B, L) -> (B, L, 1) in the dtype of ``like``."""
-    return values.to(like.dtype)[..., None]
+    return values.to(device=like.device, dtype=like.dtype)[..., None]
 
 
 def q_sample(
