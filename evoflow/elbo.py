@@ -28,7 +28,7 @@ from torch import Tensor
 
 from evoflow.estimators import LogSNRImportance, PathDistribution, SSampler, Uniform
 from evoflow.kernels import GaussianKernel, Kernel, gaussian_step_kl
-from evoflow.paths import Path, as_grid, to_times
+from evoflow.paths import Path, as_grid, grid_times, to_times
 from evoflow.process import DenoiserOutput, check_denoiser, check_output, denoised, q_forward, q_sample
 from evoflow.schedules import Schedule
 from evoflow.solve import check_t_min
@@ -55,30 +55,36 @@ def bits_per_token(nats: Tensor, length: int) -> Tensor:
     return nats / (length * math.log(2.0))
 
 
-def prior_kl(x: Tensor, embeddings: Tensor, schedule: Schedule) -> Tensor:
-    """``KL(q(z^0 | x) || N(0, sigma(1)^2 I)) = sum_i alpha(1)^2 ||e_{x_i}||^2 / (2 sigma(1)^2)``; (B,).
-    (THEORY section 5)
+def prior_kl(x: Tensor, embeddings: Tensor, schedule: Schedule, noisy: Tensor | None = None) -> Tensor:
+    """Prior term of THEORY section 5, ``KL(q(z^0 | x) || N(0, sigma(1)^2 I))``; (B,).
 
-    Zero when ``alpha(1) = 0`` (linear, cosine): the prior is exact.
+        = sum_i alpha(1)^2 ||e_{x_i}||^2 / (2 sigma(1)^2)   over the tokens that start at t = 1
+    (``noisy`` (B, L), all by default; prompt tokens are not). Zero when ``alpha(1) = 0``
+    (linear, cosine): the prior is exact.
     """
     one = torch.tensor(1.0, dtype=torch.float64)
     ratio = float(schedule.snr(one))
-    return 0.5 * ratio * (embeddings.to(torch.float64)[x] ** 2).sum((-1, -2))
+    per_token = 0.5 * ratio * (embeddings.to(torch.float64)[x] ** 2).sum(-1)  # (B, L)
+    return (per_token if noisy is None else per_token * noisy).sum(-1)
 
 
-def reconstruction(denoiser, x: Tensor, z: Tensor, tau: Tensor, out: DenoiserOutput | None = None) -> Tensor:
-    """``-log p(x | z)`` at the clean end, (B,): the joint decoder ``denoiser.log_posterior`` when
-    (THEORY section 5, C6)
-    the denoiser has one (exact for oracles), else the factorised ``-sum_i log softmax(logits_i)[x_i]``
-    from ``out`` (the denoiser's output at ``(z, tau)``, evaluated here if not given)."""
+def reconstruction(denoiser, x: Tensor, z: Tensor, tau: Tensor, out: DenoiserOutput | None = None,
+                   scored: Tensor | None = None) -> Tensor:
+    """Decoder term of THEORY section 5 (claim C6), ``-log p(x | z)`` at the clean end; (B,).
+
+    The joint decoder ``denoiser.log_posterior`` when the denoiser has one (exact for oracles; clean
+    prompt tokens are then certain), else the factorised ``-sum_i log softmax(logits_i)[x_i]`` over
+    the ``scored`` tokens (B, L) (all by default; nelbo leaves prompts out), from ``out`` (the
+    output at ``(z, tau)``, evaluated here if not given).
+    """
     if callable(getattr(denoiser, "log_posterior", None)):
         return -denoiser.log_posterior(x, z, tau).to(torch.float64)
     if out is None:
         out = check_output(denoiser(z, tau), z, denoiser.embeddings.shape[0])
     if out.logits is None:
         raise ValueError("denoiser: the reconstruction term needs logits (a factorised decoder)")
-    logp = torch.log_softmax(out.logits.to(torch.float64), -1)
-    return -logp.gather(-1, x[..., None]).squeeze(-1).sum(-1)
+    logp = torch.log_softmax(out.logits.to(torch.float64), -1).gather(-1, x[..., None]).squeeze(-1)
+    return -(logp if scored is None else logp * scored).sum(-1)
 
 
 def continuous_integrand(e: Tensor, ehat: Tensor, tau: Tensor, dtau_ds: Tensor, schedule: Schedule) -> Tensor:
@@ -166,8 +172,10 @@ def nelbo(denoiser, x: Tensor, path: Path | Sequence[Path] | Tensor, steps: int 
 
     ``kernel``: :class:`~evoflow.kernels.GaussianKernel` (default; closed-form step KL, C3) or
     :class:`~evoflow.kernels.MixtureKernel` (log-ratio estimator; exact along ``Staircase(1)`` with
-    an exact posterior, C7). Path time t maps to ``t_min + (1 - t_min) t``; the schedule is the
-    denoiser's. ``samples`` independent trajectories per sequence give the mean and its standard error.
+    an exact posterior, C7). Path time t maps to ``t_min + (1 - t_min) t``; prompt columns of a grid
+    (0 throughout) stay clean at 0, which makes the result the conditional NELBO of the other tokens
+    given the prompt. The schedule is the denoiser's. ``samples`` independent trajectories per
+    sequence give the mean and its standard error.
     """
     x, samples, t_min = _check_common(denoiser, x, samples, t_min)
     kernel = GaussianKernel() if kernel is None else kernel
@@ -176,17 +184,15 @@ def nelbo(denoiser, x: Tensor, path: Path | Sequence[Path] | Tensor, steps: int 
     sch, E = denoiser.schedule, denoiser.embeddings
     B, L = x.shape
     grid = as_grid(path, L, steps, B)
-    if bool((grid == 0).all(0).any()):
-        raise ValueError("path: prompt columns (time 0 throughout) are not supported by nelbo")
     if isinstance(kernel, GaussianKernel) and float(sch.snr(torch.tensor(t_min, dtype=torch.float64))) == math.inf:
         raise ValueError(f"t_min must be > 0 for GaussianKernel with {sch!r}: SNR(t_min) = inf")
-    times = to_times(grid, t_min).repeat(1, samples, 1).to(E.device)  # (K+1, S B, L)
+    times = grid_times(grid, t_min).repeat(1, samples, 1).to(E.device)  # (K+1, S B, L), prompts at 0
     xs = x.repeat(samples, 1)
     K = times.shape[0] - 1
     z = q_sample(xs, times[K], E, sch, generator).to(E.dtype)  # the clean end of the trajectory
     out = check_output(denoiser(z, times[K]), z, E.shape[0])
     kernel.check(out)
-    recon = reconstruction(denoiser, xs, z, times[K], out)
+    recon = reconstruction(denoiser, xs, z, times[K], out, scored=times[0] > 0)
     terms = torch.zeros(K, xs.shape[0], L, dtype=torch.float64, device=E.device)
     nfe = 1
     for k in range(K - 1, -1, -1):  # draw the trajectory toward the noise end, scoring each step
@@ -197,7 +203,7 @@ def nelbo(denoiser, x: Tensor, path: Path | Sequence[Path] | Tensor, steps: int 
             nfe += 1
             terms[k] = kernel.step_terms(xs, out, z_t, z, times[k], times[k + 1], sch, E).to(torch.float64)
         z = z_t
-    prior = prior_kl(xs, E, sch)
+    prior = prior_kl(xs, E, sch, noisy=times[0] == 1)
     total = _finite(prior + terms.sum((0, 2)) + recon, "nelbo")
     mean, se = _mean_and_stderr(total, samples, B)
     split = terms.reshape(K, samples, B, L).mean(1)

@@ -7,8 +7,8 @@ along a path, accumulating the instantaneous change of variables:
 
 the integral taken in the direction of integration (clean to noise). By C2 the answer does
 not depend on the path; for an exact oracle it equals ``oracle.log_marginal(z, t_min)``.
-Prompt columns (time 0 throughout the path) stay at ``t_min``: the result is then the density
-of the other tokens given them. Derivation: proofs/p11_exact_likelihood.md.
+Prompt columns (time 0 throughout the path) stay clean at t = 0: the result is then the density
+of the other tokens given the prompt. Derivation: proofs/p11_exact_likelihood.md.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from evoflow.field import Divergence, Field, get_divergence
-from evoflow.paths import Path, as_grid, to_times
+from evoflow.paths import Path, as_grid, grid_times
 from evoflow.process import check_denoiser
 from evoflow.solve import GridController, check_latents, check_t_min, integrate
 from evoflow.solvers import Solver, State, get
@@ -74,7 +74,7 @@ def flow_log_likelihood(denoiser, z: Tensor, path: Path | Sequence[Path] | Tenso
         raise ValueError(f"t_min must be > 0 for {sch!r}: sigma(t_min) = 0 makes the density degenerate")
     B, L, _ = z.shape
     grid = as_grid(path, L, steps, B)
-    times = to_times(grid, t_min).flip(0).to(device=z.device)  # clean -> noise
+    times = grid_times(grid, t_min).flip(0).to(device=z.device)  # clean -> noise
     field = Field(denoiser, divergence=get_divergence(divergence, generator))
     state = State(z=z, logdet=torch.zeros(B, dtype=z.dtype, device=z.device))
     out = integrate(field, solver, state, GridController(times), generator)

@@ -30,6 +30,7 @@ __all__ = [
     "Synchronous",
     "TimeSampler",
     "as_grid",
+    "grid_times",
     "log_snr_spacing",
     "to_times",
     "validate_grid",
@@ -280,6 +281,13 @@ def to_times(tau: Tensor, t_min: float) -> Tensor:
     Exact at the ends: 1 stays 1 (the noise end, where the prior applies) and 0 becomes ``t_min``.
     """
     return torch.where(tau == 1.0, torch.ones_like(tau), t_min + (1.0 - t_min) * tau)
+
+
+def grid_times(grid: Tensor, t_min: float) -> Tensor:
+    """Process times of a grid ``(K+1, ..., L)``: :func:`to_times` on every column that moves, while
+    prompt columns (0 throughout) stay at exactly 0, the clean conditioning tokens of THEORY section 1."""
+    prompt = (grid == 0).all(dim=0)
+    return torch.where(prompt, torch.zeros_like(grid), to_times(grid, t_min))
 
 
 def log_snr_spacing(grid: Tensor, schedule, t_min: float = 0.0, log_snr_min: float = -12.0) -> Tensor:

@@ -16,7 +16,7 @@ import torch
 from torch import Tensor
 
 from evoflow.field import Field
-from evoflow.paths import Path, as_grid, to_times
+from evoflow.paths import Path, as_grid, grid_times
 from evoflow.process import check_denoiser
 from evoflow.solvers import Solver, State, get
 
@@ -107,8 +107,9 @@ def solve(denoiser, z: Tensor, path: Path | Sequence[Path] | Tensor, steps: int 
 
     ``path``: a :class:`Path` shared by the batch, one Path per sequence, or an explicit grid
     ``(K+1, L)`` / ``(K+1, B, L)``; ``steps`` grid intervals. Path time t is mapped to
-    ``t_min + (1 - t_min) t``, so ``t_min > 0`` stops short of the clean end. The schedule is
-    the denoiser's ``.schedule``. ``nfe`` in the result is the exact number of denoiser calls.
+    ``t_min + (1 - t_min) t``, so ``t_min > 0`` stops short of the clean end; prompt columns of a
+    grid (0 throughout) stay at 0 and are never moved. The schedule is the denoiser's
+    ``.schedule``. ``nfe`` in the result is the exact number of denoiser calls.
     """
     check_denoiser(denoiser)
     check_latents(z, denoiser)
@@ -116,7 +117,7 @@ def solve(denoiser, z: Tensor, path: Path | Sequence[Path] | Tensor, steps: int 
     solver = get(solver)
     B, L, _ = z.shape
     grid = as_grid(path, L, steps, B)
-    times = to_times(grid, t_min).to(device=z.device)
+    times = grid_times(grid, t_min).to(device=z.device)
     field = Field(denoiser)
     result = integrate(field, solver, State(z=z), GridController(times), generator, record=trajectory)
     if not bool(torch.isfinite(result.z).all()):

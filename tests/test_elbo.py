@@ -167,3 +167,22 @@ def test_bad_elbo_arguments(markov):
         ef.nelbo(random_table(3, 3, 2, ef.Cosine(), 0), torch.tensor([[0, 1]]), ef.Synchronous(), 2)
     with pytest.raises(ValueError, match="reconstruction term needs logits"):
         ef.nelbo(OnlyEhat(), x, ef.Synchronous(), 2, t_min=0.1)
+
+
+@pytest.mark.parametrize("kernel", [ef.MixtureKernel(), ef.GaussianKernel()], ids=repr)
+def test_prompt_columns_give_the_conditional_nelbo(kernel):
+    """A clean prompt (time 0 throughout) makes the NELBO a bound on -log p(x_rest | x_prompt): exact along
+    the AR staircase of the rest with the mixture kernel (C7), and above it with the Gaussian kernel."""
+    oracle = random_markov(3, 4, 2, ef.Cosine(), seed=6)
+    x = _all_x(3, 4)
+    rest = ef.Staircase(1).grid(2, 4)  # tokens 2 and 3, two steps each
+    grid = torch.cat([torch.zeros(5, 2, dtype=F64), rest], dim=1)  # tokens 0 and 1: the prompt
+    r = ef.nelbo(oracle, x, grid, kernel=kernel, t_min=0.05, samples=8, generator=torch.Generator().manual_seed(0))
+    conditional = -oracle.log_conditionals(x)[:, 2:].sum(-1)
+    if isinstance(kernel, ef.MixtureKernel):
+        assert torch.allclose(r.total, conditional, atol=1e-8) and r.stderr.max() < 1e-8
+    else:  # a bound in expectation over the data (weights p(x)), looser at two steps per token
+        p = oracle.log_prob(x).exp()
+        gap = float((p * (r.total - conditional)).sum())
+        assert gap > 4 * float((p**2 * r.stderr**2).sum().sqrt())
+    assert (r.step_terms[:, :, :2] == 0).all()  # the prompt never moves

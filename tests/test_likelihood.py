@@ -1,5 +1,7 @@
 """Claims C2 and C11: the flow's exact log-likelihood equals the oracle's closed form on every path."""
 
+import itertools
+import math
 import os
 
 import pytest
@@ -79,18 +81,31 @@ def test_hutchinson_estimate_is_unbiased(markov):
     assert abs(float(reference - exact)) < 1e-3
 
 
-def test_prompt_columns_give_the_conditional_density(markov):
-    """A column at time 0 throughout stays at t_min: the result is log p(z_rest | z_prompt)."""
-    z, joint = _data(markov, 0.2, 1, B=1)
+def test_prompt_columns_give_the_conditional_density():
+    """A column at time 0 throughout is a clean prompt token: the result is log p_{t_min}(z_rest | x_prompt),
+    here by enumeration of p(x_rest | x_0) (embeddings close together, so a noisy prompt would differ)."""
+    oracle = random_markov(3, 3, 2, ef.Cosine(), seed=2, scale=0.4)
+    g = torch.Generator().manual_seed(0)
+    x0, t_min = 1, 0.3
+    z = torch.randn(1, 3, 2, generator=g, dtype=F64) * 0.5
+    z[0, 0] = oracle.embeddings[x0]  # the prompt, clean
     grid = ef.Synchronous().grid(3, 1)
     grid[:, 0] = 0.0
-    dopri = ef.solvers.get("torchdiffeq:dopri5", rtol=1e-10, atol=1e-10)
-    got = ef.log_likelihood(markov, z, grid, solver=dopri, t_min=0.2)
-    # log p(z_0) alone: marginalise the others by putting them at t = 1 in the oracle
-    tau = torch.tensor([[0.2, 1.0, 1.0]], dtype=F64)
-    log_prompt = markov.log_marginal(torch.cat([z[:, :1], torch.zeros_like(z[:, 1:])], 1), tau)
-    prior_rest = -0.5 * 2 * 2 * torch.log(torch.tensor(2 * torch.pi, dtype=F64))  # N(0, I) at zero, 2 tokens
-    assert torch.allclose(got, joint - (log_prompt - prior_rest), rtol=1e-7)
+    got = ef.log_likelihood(oracle, z, grid, solver=ef.solvers.get("torchdiffeq:dopri5", rtol=1e-10, atol=1e-10),
+                            t_min=t_min)
+    a, sg = float(oracle.schedule.alpha(torch.tensor(t_min))), float(oracle.schedule.sigma(torch.tensor(t_min)))
+    terms = []
+    for x1, x2 in itertools.product(range(3), repeat=2):
+        lp = float(oracle.transition[x0, x1].log() + oracle.transition[x1, x2].log())
+        for i, v in ((1, x1), (2, x2)):
+            lp += float(-((z[0, i] - a * oracle.embeddings[v]) ** 2).sum() / (2 * sg**2) - 2 * math.log(sg)
+                        - math.log(2 * math.pi))
+        terms.append(lp)
+    expected = torch.logsumexp(torch.tensor(terms), 0)
+    assert abs(float(got[0]) - float(expected)) < 1e-7 * abs(float(expected)) + 1e-8
+    noisy_prompt = ef.log_likelihood(oracle, z, ef.Synchronous(), 1, solver=ef.solvers.get(
+        "torchdiffeq:dopri5", rtol=1e-10, atol=1e-10), t_min=t_min)  # every token noised: a different density
+    assert abs(float(noisy_prompt[0] - got[0])) > 1e-3
 
 
 def test_bad_likelihood_arguments(markov):

@@ -105,3 +105,22 @@ def test_a_denoiser_returning_nan_is_reported_not_returned(markov):
 
     with pytest.raises(FloatingPointError, match="non-finite"):
         ef.solve(Broken(), torch.randn(1, 3, 2, dtype=F64), ef.Synchronous(), 4)
+
+
+def test_prompt_columns_stay_clean_and_condition_the_rest(markov):
+    """Columns at time 0 throughout are prompt tokens: never moved, seen clean by the denoiser."""
+    seen = []
+
+    class Spy:
+        schedule, embeddings = markov.schedule, markov.embeddings
+
+        def __call__(self, z, tau):
+            seen.append(tau[:, 0].clone())
+            return markov(z, tau)
+
+    z = torch.randn(2, 3, 2, dtype=F64)
+    z[:, 0] = markov.embeddings[2]
+    grid = torch.cat([torch.zeros(7, 1, dtype=F64), ef.Staircase(1).grid(2, 6)], dim=1)
+    res = ef.solve(Spy(), z, grid, solver="heun", t_min=0.1)
+    assert torch.equal(res.z[:, 0], z[:, 0]) and all((t == 0).all() for t in seen)
+    assert (res.tau[:, 1:] == 0.1).all() and (res.tau[:, 0] == 0).all()
