@@ -122,19 +122,28 @@ def q_sample(
     return _coef(schedule.alpha(tau), e) * e + _coef(schedule.sigma(tau), e) * noise
 
 
+def _transition(t: Tensor, s: Tensor, schedule: Schedule) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """``moving = s < t`` and, where tokens move, ``alpha_s``, ``alpha_{t|s}``, ``sigma_{t|s}^2``, ``sigma_s^2``.
+
+    Frozen tokens get ``alpha_s = 1`` so that nothing divides by ``alpha(1) = 0``; (B, L) each.
+    """
+    moving = s < t
+    a_s = torch.where(moving, schedule.alpha(s), torch.ones_like(t))
+    a_ts = schedule.alpha(t) / a_s
+    sg_s2 = schedule.sigma(s) ** 2
+    sg_ts2 = (schedule.sigma(t) ** 2 - a_ts**2 * sg_s2).clamp_min(0.0)
+    return moving, a_s, a_ts, sg_ts2, sg_s2
+
+
 def step_coefficients(t: Tensor, s: Tensor, schedule: Schedule) -> tuple[Tensor, Tensor, Tensor]:
     """Per-token ``(c_z, c_e, sig2)`` of the step posterior ``N(c_z z_t + c_e e, sig2 I)``; (B, L) each.
     (THEORY section 2, C3)
 
     Tokens with ``s == t`` get ``(1, 0, 0)``: they stay where they are. See :func:`step_posterior`.
     """
-    moving = s < t
+    moving, a_s, a_ts, sg_ts2, sg_s2 = _transition(t, s, schedule)
     one = torch.ones_like(t)
-    a_t, a_s = schedule.alpha(t), torch.where(moving, schedule.alpha(s), one)
-    sg_t2 = torch.where(moving, schedule.sigma(t) ** 2, one)
-    sg_s2 = schedule.sigma(s) ** 2
-    a_ts = a_t / a_s
-    sg_ts2 = (sg_t2 - a_ts**2 * sg_s2).clamp_min(0.0)
+    sg_t2 = torch.where(moving, schedule.sigma(t) ** 2, one)  # > 0 where tokens move
     c_z = torch.where(moving, a_ts * sg_s2 / sg_t2, one)
     c_e = torch.where(moving, a_s * sg_ts2 / sg_t2, 0.0 * one)
     sig2 = torch.where(moving, sg_ts2 * sg_s2 / sg_t2, 0.0 * one)
@@ -164,10 +173,7 @@ def q_forward(z_s: Tensor, s: Tensor, t: Tensor, schedule: Schedule,
 
     The forward process is Markov from clean to noisy; tokens with ``s == t`` are returned unchanged.
     """
-    moving = s < t
-    one = torch.ones_like(t)
-    a_ts = schedule.alpha(t) / torch.where(moving, schedule.alpha(s), one)
-    var = (schedule.sigma(t) ** 2 - a_ts**2 * schedule.sigma(s) ** 2).clamp_min(0.0)
+    moving, _, a_ts, var, _ = _transition(s=s, t=t, schedule=schedule)
     noise = torch.randn(z_s.shape, generator=generator, dtype=z_s.dtype, device=z_s.device)
     z_t = (_coef(a_ts, z_s) * z_s).addcmul_(_coef(var.sqrt(), z_s), noise)
     return torch.where(moving[..., None], z_t, z_s)
