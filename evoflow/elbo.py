@@ -184,8 +184,8 @@ def nelbo(denoiser, x: Tensor, path: Path | Sequence[Path] | Tensor, steps: int 
     sch, E = denoiser.schedule, denoiser.embeddings
     B, L = x.shape
     grid = as_grid(path, L, steps, B)
-    if isinstance(kernel, GaussianKernel) and float(sch.snr(torch.tensor(t_min, dtype=torch.float64))) == math.inf:
-        raise ValueError(f"t_min must be > 0 for GaussianKernel with {sch!r}: SNR(t_min) = inf")
+    if isinstance(kernel, GaussianKernel):
+        _check_finite_snr(sch, t_min, "GaussianKernel")
     times = grid_times(grid, t_min).repeat(1, samples, 1).to(E.device)  # (K+1, S B, L), prompts at 0
     xs = x.repeat(samples, 1)
     K = times.shape[0] - 1
@@ -253,6 +253,27 @@ def _sample_times(dist: PathDistribution, sampler: SSampler, B: int, n: int, L: 
     return tau, dtau, weight
 
 
+def _evaluate_on_paths(denoiser, x: Tensor, path, sampler: SSampler, n: int, t_min: float, generator
+                       ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """One network call on ``z ~ q(z | x, tau(s))`` for n draws of (path, s) per sequence.
+
+    Returns ``xs`` (B n, L), ``tau`` and ``dtau/ds`` (B n, L), weights ``1 / r(s)`` (B, n) and ``ehat`` (B n, L, d).
+    """
+    sch, E = denoiser.schedule, denoiser.embeddings
+    B, L = x.shape
+    tau, dtau, weight = (v.to(E.device) for v in _sample_times(_as_distribution(path), sampler, B, n, L, sch,
+                                                                t_min, generator))
+    xs = x[:, None, :].expand(B, n, L).reshape(B * n, L)
+    tau, dtau = tau.reshape(B * n, L), dtau.reshape(B * n, L)
+    z = q_sample(xs, tau, E, sch, generator).to(E.dtype)
+    return xs, tau, dtau, weight, denoised(check_output(denoiser(z, tau), z, E.shape[0]), E, z)
+
+
+def _check_finite_snr(schedule: Schedule, t_min: float, what: str) -> None:
+    if float(schedule.snr(torch.tensor(t_min, dtype=torch.float64))) == math.inf:
+        raise ValueError(f"t_min must be > 0 for {what} with {schedule!r}: SNR(t_min) = inf")
+
+
 def continuous_nelbo(denoiser, x: Tensor, path: Path | Sequence[Path] | PathDistribution,
                      sampler: SSampler | None = None, samples: int = 8, t_min: float = 0.01,
                      generator: torch.Generator | None = None) -> ContinuousNELBO:
@@ -268,16 +289,10 @@ def continuous_nelbo(denoiser, x: Tensor, path: Path | Sequence[Path] | PathDist
     if not isinstance(sampler, SSampler):
         raise TypeError(f"sampler must be an SSampler object (Uniform(), Antithetic(), ...), got {sampler!r}")
     sch, E = denoiser.schedule, denoiser.embeddings
-    if float(sch.snr(torch.tensor(t_min, dtype=torch.float64))) == math.inf:
-        raise ValueError(f"t_min must be > 0 for {sch!r}: SNR(t_min) = inf")
+    _check_finite_snr(sch, t_min, "the continuous-time NELBO")
     B, L = x.shape
-    tau, dtau, weight = (v.to(E.device) for v in _sample_times(_as_distribution(path), sampler, B, samples, L,
-                                                                sch, t_min, generator))
-    xs = x[:, None, :].expand(B, samples, L).reshape(B * samples, L)
-    tau, dtau = tau.reshape(B * samples, L), dtau.reshape(B * samples, L)
-    z = q_sample(xs, tau, E, sch, generator).to(E.dtype)
-    ehat = denoised(check_output(denoiser(z, tau), z, E.shape[0]), E, z)
-    f = continuous_integrand(E.to(z.dtype)[xs], ehat, tau, dtau, sch).sum(-1).reshape(B, samples) * weight
+    xs, tau, dtau, weight, ehat = _evaluate_on_paths(denoiser, x, path, sampler, samples, t_min, generator)
+    f = continuous_integrand(E.to(ehat.dtype)[xs], ehat, tau, dtau, sch).sum(-1).reshape(B, samples) * weight
     f = _finite(f, "continuous_nelbo")
     t_end = torch.full((B, L), t_min, dtype=torch.float64, device=E.device)
     recon = reconstruction(denoiser, x, q_sample(x, t_end, E, sch, generator).to(E.dtype), t_end)
@@ -303,14 +318,9 @@ def fit_log_snr_profile(denoiser, x: Tensor, path, t_min: float = 0.01, calls: i
     """
     x, calls, t_min = _check_common(denoiser, x, calls, t_min)
     sch, E = denoiser.schedule, denoiser.embeddings
-    B, L = x.shape
-    tau, dtau, _ = (v.to(E.device) for v in _sample_times(_as_distribution(path), Uniform(), B, calls, L, sch,
-                                                           t_min, generator))
-    xs = x[:, None, :].expand(B, calls, L).reshape(-1, L)
-    tau, dtau = tau.reshape(-1, L), dtau.reshape(-1, L)
-    z = q_sample(xs, tau, E, sch, generator).to(E.dtype)
-    ehat = denoised(check_output(denoiser(z, tau), z, E.shape[0]), E, z)
-    phi = (0.5 * sch.snr(tau) * ((E.to(z.dtype)[xs] - ehat) ** 2).sum(-1).to(torch.float64)).cpu()  # (N, L)
+    L = x.shape[1]
+    xs, tau, dtau, _, ehat = _evaluate_on_paths(denoiser, x, path, Uniform(), calls, t_min, generator)
+    phi = (0.5 * sch.snr(tau) * ((E.to(ehat.dtype)[xs] - ehat) ** 2).sum(-1).to(torch.float64)).cpu()  # (N, L)
     tau, dtau = tau.cpu(), dtau.cpu()
     rate = torch.where(dtau != 0, sch.dlog_snr(tau) * dtau, torch.zeros_like(tau))  # R_i >= 0
     value = (rate * phi).sum(-1) / rate.sum(-1).clamp_min(1e-300)  # (N,)
