@@ -116,30 +116,37 @@ class LogSNRImportance(SSampler):
         inside = (lam > edges[0]) & (lam < edges[-1])
         return h, torch.where(inside, dens[idx], torch.zeros_like(lam))
 
-    def _cdf_parts(self, s: Tensor, path: Path, length: int, schedule: Schedule, t_min: float):
+    def _frame(self, path: Path, length: int, schedule: Schedule, t_min: float) -> tuple[Tensor, ...]:
+        """Bins, densities, ``h`` at the path's start (L,) and the total ``sum_i h_i(1) - h_i(0)``."""
         edges, dens = self._bins(schedule, t_min)
-        flat = s.reshape(-1)
-        tau = to_times(path.tau(flat, length), t_min)  # (N, L)
         ends = to_times(path.tau(torch.tensor([0.0, 1.0], dtype=torch.float64), length), t_min)
-        h, slope = self._warp(schedule.log_snr(tau), edges, dens)
         h_ends, _ = self._warp(schedule.log_snr(ends), edges, dens)
-        total = (h_ends[1] - h_ends[0]).sum()
-        G = (h - h_ends[0]).sum(-1) / total  # (N,) in [0, 1], non-decreasing in s
-        rate = schedule.dlog_snr(tau) * (1.0 - t_min) * path.dtau(flat, length)
-        g = torch.where(slope > 0, slope * rate, torch.zeros_like(rate)).sum(-1) / total
-        return G.reshape(s.shape), g.reshape(s.shape)
+        return edges, dens, h_ends[0], (h_ends[1] - h_ends[0]).sum()
+
+    def _cdf(self, s: Tensor, path: Path, length: int, schedule: Schedule, t_min: float, frame) -> Tensor:
+        """The proposal's CDF ``(1 - floor) G(s) + floor s``, G non-decreasing from 0 to 1."""
+        edges, dens, h_start, total = frame
+        h, _ = self._warp(schedule.log_snr(to_times(path.tau(s.reshape(-1), length), t_min)), edges, dens)
+        G = ((h - h_start).sum(-1) / total).reshape(s.shape)
+        return (1.0 - self.floor) * G + self.floor * s
 
     def density(self, s: Tensor, path: Path, length: int, schedule: Schedule, t_min: float) -> Tensor:
         """``r(s) = (1 - floor) G'(s) + floor`` (integrates to 1 over [0, 1])."""
-        return (1.0 - self.floor) * self._cdf_parts(s, path, length, schedule, t_min)[1] + self.floor
+        edges, dens, _, total = self._frame(path, length, schedule, t_min)
+        flat = s.reshape(-1)
+        tau = to_times(path.tau(flat, length), t_min)  # (N, L)
+        _, slope = self._warp(schedule.log_snr(tau), edges, dens)
+        rate = schedule.dlog_snr(tau) * (1.0 - t_min) * path.dtau(flat, length)
+        g = torch.where(slope > 0, slope * rate, torch.zeros_like(rate)).sum(-1) / total
+        return (1.0 - self.floor) * g.reshape(s.shape) + self.floor
 
     def sample(self, groups, n, path, length, schedule, t_min, generator=None):
         u = self.unit(groups, n, generator)
+        frame = self._frame(path, length, schedule, t_min)
         lo, hi = torch.zeros_like(u), torch.ones_like(u)
-        for _ in range(60):  # bisection on the monotone CDF (1 - floor) G(s) + floor s
+        for _ in range(60):  # bisection on the monotone CDF
             mid = 0.5 * (lo + hi)
-            cdf = (1.0 - self.floor) * self._cdf_parts(mid, path, length, schedule, t_min)[0] + self.floor * mid
-            below = cdf < u
+            below = self._cdf(mid, path, length, schedule, t_min, frame) < u
             lo, hi = torch.where(below, mid, lo), torch.where(below, hi, mid)
         s = 0.5 * (lo + hi)
         return s, 1.0 / self.density(s, path, length, schedule, t_min)
