@@ -33,9 +33,7 @@ def samplers(pilot) -> dict:
 def oracle_problem(seed: int = 0):
     g = torch.Generator().manual_seed(seed)
     V, L, d = 4, 4, 2
-    oracle = ef.MarkovOracle(torch.softmax(torch.randn(V, generator=g, dtype=torch.float64), 0),
-                             torch.softmax(2 * torch.randn(V, V, generator=g, dtype=torch.float64), 1),
-                             torch.randn(V, d, generator=g, dtype=torch.float64), ef.Cosine(), length=L)
+    oracle = ef.MarkovOracle.random(V, L, d, ef.Cosine(), g)
     return "Markov oracle V=4 L=4 d=2 cosine", oracle, oracle.sample(4, generator=g)
 
 

@@ -167,6 +167,16 @@ class MarkovOracle(ExactOracle):
         self.transition = _check_distribution(transition, "transition rows")
         self.length = length
 
+    @classmethod
+    def random(cls, vocab: int, length: int, dim: int, schedule: Schedule, generator: torch.Generator | None = None,
+               sharpness: float = 2.0, scale: float = 1.0) -> MarkovOracle:
+        """A random chain for checks and studies (THEORY section 7), drawn in this order from ``generator``:
+        ``init = softmax(N(0, 1))``, rows ``softmax(sharpness N(0, 1))``, embeddings ``scale N(0, 1)``."""
+        init = torch.softmax(torch.randn(vocab, generator=generator, dtype=_F64), 0)
+        transition = torch.softmax(sharpness * torch.randn(vocab, vocab, generator=generator, dtype=_F64), 1)
+        embeddings = scale * torch.randn(vocab, dim, generator=generator, dtype=_F64)
+        return cls(init, transition, embeddings, schedule, length=length)
+
     def _posterior_and_norm(self, z: Tensor, tau: Tensor) -> tuple[Tensor, Tensor]:
         em = self.log_emission(z, tau)  # (B, L, V)
         log_a = self.transition.log()

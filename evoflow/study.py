@@ -19,7 +19,7 @@ from evoflow.likelihood import flow_log_likelihood
 from evoflow.oracles import MarkovOracle
 from evoflow.paths import Path, Rolling, Staircase, Synchronous
 from evoflow.process import q_sample
-from evoflow.schedules import Schedule, get_schedule
+from evoflow.schedules import get_schedule
 from evoflow.solvers import get, names
 
 __all__ = ["StudyRow", "likelihood_study", "markdown_table", "plot_study", "write_report"]
@@ -37,14 +37,6 @@ class StudyRow:
     error: float
 
 
-def _oracle(vocab: int, length: int, dim: int, schedule: Schedule, seed: int) -> MarkovOracle:
-    g = torch.Generator().manual_seed(seed)
-    init = torch.softmax(torch.randn(vocab, generator=g, dtype=torch.float64), 0)
-    trans = torch.softmax(2.0 * torch.randn(vocab, vocab, generator=g, dtype=torch.float64), 1)
-    emb = torch.randn(vocab, dim, generator=g, dtype=torch.float64)
-    return MarkovOracle(init, trans, emb, schedule, length=length)
-
-
 def _runs(solver_name: str, length: int, quick: bool):
     """(label, solver, steps multiplier) triples: grid refinements, or tolerances for adaptive methods."""
     solver = get(solver_name)
@@ -59,7 +51,7 @@ def likelihood_study(vocab: int = 4, length: int = 4, dim: int = 2, schedule: st
                      batch: int = 4, seed: int = 0, quick: bool = False) -> list[StudyRow]:
     """Run every deterministic registered solver on three paths; return one row per run (C2, C11)."""
     sch = get_schedule(schedule)
-    oracle = _oracle(vocab, length, dim, sch, seed)
+    oracle = MarkovOracle.random(vocab, length, dim, sch, torch.Generator().manual_seed(seed))
     g = torch.Generator().manual_seed(seed + 1)
     tau = torch.full((batch, length), t_min, dtype=torch.float64)
     z = q_sample(oracle.sample(batch, generator=g), tau, oracle.embeddings, sch, g)

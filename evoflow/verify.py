@@ -87,9 +87,7 @@ def make_context(s: Settings) -> Context:
     """A random Markov oracle and its data for the settings."""
     g = torch.Generator().manual_seed(s.seed)
     sch = get_schedule(s.schedule)
-    init = torch.softmax(torch.randn(s.vocab, generator=g, dtype=F64), 0)
-    trans = torch.softmax(2.0 * torch.randn(s.vocab, s.vocab, generator=g, dtype=F64), 1)
-    oracle = MarkovOracle(init, trans, torch.randn(s.vocab, s.dim, generator=g, dtype=F64), sch, length=s.length)
+    oracle = MarkovOracle.random(s.vocab, s.length, s.dim, sch, g)
     if s.vocab**s.length <= 512:
         x = torch.tensor(list(itertools.product(range(s.vocab), repeat=s.length)))
         w = oracle.log_prob(x).exp()

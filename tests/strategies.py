@@ -15,11 +15,7 @@ F64 = torch.float64
 def random_markov(V: int, L: int, d: int, schedule: ef.Schedule, seed: int, sharp: float = 2.0,
                   scale: float = 1.0) -> ef.MarkovOracle:
     """A Markov oracle with random init, transition (temperature ``sharp``) and embeddings."""
-    g = torch.Generator().manual_seed(seed)
-    init = torch.softmax(torch.randn(V, generator=g, dtype=F64), 0)
-    A = torch.softmax(sharp * torch.randn(V, V, generator=g, dtype=F64), 1)
-    E = scale * torch.randn(V, d, generator=g, dtype=F64)
-    return ef.MarkovOracle(init, A, E, schedule, length=L)
+    return ef.MarkovOracle.random(V, L, d, schedule, torch.Generator().manual_seed(seed), sharp, scale)
 
 
 def markov_table(oracle: ef.MarkovOracle, L: int) -> torch.Tensor:
