@@ -32,6 +32,7 @@ __all__ = [
     "as_grid",
     "grid_times",
     "log_snr_spacing",
+    "refine",
     "to_times",
     "validate_grid",
 ]
@@ -281,6 +282,19 @@ def to_times(tau: Tensor, t_min: float) -> Tensor:
     Exact at the ends: 1 stays 1 (the noise end, where the prior applies) and 0 becomes ``t_min``.
     """
     return torch.where(tau == 1.0, torch.ones_like(tau), t_min + (1.0 - t_min) * tau)
+
+
+def refine(grid: Tensor, m: int) -> Tensor:
+    """Split every step of a grid ``(K+1, ...)`` into ``m`` equal sub-steps: ``(K m + 1, ...)``.
+
+    The refined grid runs along the same piecewise-linear path and contains every row of the
+    original one (nested refinement, claim C5; convergence studies, C2/C11).
+    """
+    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
+        raise ValueError(f"m must be a positive integer, got {m!r}")
+    frac = (torch.arange(m, dtype=grid.dtype) / m).reshape((-1,) + (1,) * (grid.ndim - 1))
+    rows = [grid[k] + frac * (grid[k + 1] - grid[k]) for k in range(grid.shape[0] - 1)]
+    return torch.cat([*rows, grid[-1:]])
 
 
 def grid_times(grid: Tensor, t_min: float) -> Tensor:

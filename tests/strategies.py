@@ -37,14 +37,6 @@ def random_table(V: int, L: int, d: int, schedule: ef.Schedule, seed: int) -> ef
     return ef.TableOracle(probs, torch.randn(V, d, generator=g, dtype=F64), schedule)
 
 
-def refine(grid: torch.Tensor, m: int) -> torch.Tensor:
-    """Split every step of a grid (K+1, ...) into ``m`` equal sub-steps: the same piecewise-linear path."""
-    frac = torch.arange(m, dtype=F64) / m
-    shape = (-1,) + (1,) * (grid.ndim - 1)
-    rows = [grid[k] + frac.reshape(shape) * (grid[k + 1] - grid[k]) for k in range(grid.shape[0] - 1)]
-    return torch.cat([*rows, grid[-1:]])
-
-
 schedules = st.sampled_from(["linear", "cosine", "loglinear"]).map(ef.get_schedule)
 seeds = st.integers(0, 2**31 - 1)
 

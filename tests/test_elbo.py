@@ -10,9 +10,9 @@ from hypothesis import strategies as st
 
 import evoflow as ef
 from evoflow.elbo import ce_surrogate, embedding_diameter
-from evoflow.paths import log_snr_spacing
+from evoflow.paths import log_snr_spacing, refine
 from evoflow.process import posterior_mean
-from tests.strategies import random_markov, random_table, refine, seeds
+from tests.strategies import random_markov, random_table, seeds
 
 F64 = torch.float64
 exact_prior = st.sampled_from([ef.Linear(), ef.Cosine()])  # alpha(1) = 0: the prior is exact

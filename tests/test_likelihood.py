@@ -10,8 +10,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import evoflow as ef
+from evoflow.paths import refine
 from evoflow.process import q_sample
-from tests.strategies import monotone_grids, random_markov, refine, schedules, seeds
+from tests.strategies import monotone_grids, random_markov, schedules, seeds
 
 F64 = torch.float64
 ODE = [n for n in ef.solvers.names() if ef.solvers.get(n).kind == "ode"]

@@ -170,3 +170,16 @@ def test_time_samplers():
     assert (mix == mix[:, :1]).all()  # weight 1 on the synchronous sampler
     with pytest.raises(ValueError, match="weights"):
         ef.MixtureTimes([ef.IndependentTimes()], [-1.0])
+
+
+@given(grid=monotone_grids(length=3, steps=4, batch=2), m=st.integers(1, 5))
+def test_refine_nests_the_grid_on_the_same_path(grid, m):
+    fine = ef.paths.refine(grid, m)
+    assert fine.shape == (4 * m + 1, 2, 3)
+    assert torch.equal(fine[::m], grid)  # every original row is kept: nested refinement (C5)
+    ef.validate_grid(fine)
+    mid = fine[1::m] if m > 1 else None
+    if mid is not None:  # the first new point of each step lies on the straight segment, 1/m of the way
+        assert torch.allclose(mid, grid[:-1] + (grid[1:] - grid[:-1]) / m)
+    with pytest.raises(ValueError, match="m must be"):
+        ef.paths.refine(grid, 0)
