@@ -29,7 +29,7 @@ from torch import Tensor
 from evoflow.estimators import LogSNRImportance, PathDistribution, SSampler, Uniform
 from evoflow.kernels import GaussianKernel, Kernel, gaussian_step_kl
 from evoflow.paths import Path, as_grid, grid_times, to_times
-from evoflow.process import DenoiserOutput, check_denoiser, check_output, denoised, q_forward, q_sample
+from evoflow.process import DenoiserOutput, check_denoiser, check_output, check_tokens, denoised, q_forward, q_sample
 from evoflow.schedules import Schedule
 from evoflow.solve import check_t_min
 
@@ -135,18 +135,11 @@ class NELBOResult:
         return bits_per_token(self.total, self.step_terms.shape[-1])
 
 
-def _check_x(x: Tensor, denoiser) -> Tensor:
-    if not isinstance(x, Tensor) or x.dtype not in (torch.int64, torch.int32) or x.ndim != 2:
-        raise TypeError("x must be an integer tensor of token ids with shape (B, L)")
-    V = denoiser.embeddings.shape[0]
-    if x.numel() and (int(x.min()) < 0 or int(x.max()) >= V):
-        raise ValueError(f"x holds token ids outside [0, {V}) (the denoiser's vocabulary)")
-    return x.long()
-
-
 def _check_common(denoiser, x, samples, t_min) -> tuple[Tensor, int, float]:
     check_denoiser(denoiser)
-    x = _check_x(x, denoiser)
+    x = check_tokens(x, denoiser.embeddings.shape[0])
+    if x.ndim != 2:
+        raise ValueError(f"x must have shape (B, L), got {tuple(x.shape)}")
     if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
         raise ValueError(f"samples must be an int >= 1, got {samples!r}")
     return x, samples, check_t_min(t_min)

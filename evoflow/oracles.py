@@ -20,7 +20,7 @@ import math
 import torch
 from torch import Tensor
 
-from evoflow.process import DenoiserOutput
+from evoflow.process import DenoiserOutput, check_tokens
 from evoflow.schedules import Schedule, check_times
 
 __all__ = ["ExactOracle", "MarkovOracle", "TableOracle"]
@@ -119,18 +119,10 @@ class ExactOracle:
     def log_posterior(self, x: Tensor, z: Tensor, tau: Tensor) -> Tensor:
         """Exact joint decoder ``log p(x | z, tau) = log p(x) + sum_i log N(z_i | x_i) - log p_tau(z)``; (B,)."""
         z, tau = self._check_inputs(z, tau)
-        self._check_tokens(x, z.shape[:2])
+        check_tokens(x, self.vocab, z.shape[:2])
         em = self.log_emission(z, tau)
         _, log_norm = self._posterior_and_norm(z, tau)
         return self.log_prob(x) + em.gather(-1, x[..., None]).squeeze(-1).sum(-1) - log_norm
-
-    def _check_tokens(self, x: Tensor, shape: tuple[int, ...] | None = None) -> None:
-        if not isinstance(x, Tensor) or x.dtype not in (torch.int64, torch.int32):
-            raise TypeError("x must be an integer tensor of token ids")
-        if shape is not None and tuple(x.shape) != tuple(shape):
-            raise ValueError(f"x must have shape {tuple(shape)}, got {tuple(x.shape)}")
-        if x.numel() and (int(x.min()) < 0 or int(x.max()) >= self.vocab):
-            raise ValueError(f"x holds token ids outside [0, {self.vocab})")
 
     def log_prob(self, x: Tensor) -> Tensor:
         """Exact ``log p(x)`` for token ids x (B, L); (B,)."""
@@ -193,7 +185,7 @@ class MarkovOracle(ExactOracle):
         return post, log_norm
 
     def log_conditionals(self, x: Tensor) -> Tensor:
-        self._check_tokens(x)
+        check_tokens(x, self.vocab)
         first = self.init.log()[x[:, :1]]
         rest = self.transition.log()[x[:, :-1], x[:, 1:]]
         return torch.cat([first, rest], dim=1)
@@ -256,13 +248,13 @@ class TableOracle(ExactOracle):
         return torch.stack(post, dim=1), log_norm
 
     def log_prob(self, x: Tensor) -> Tensor:
-        self._check_tokens(x)
+        check_tokens(x, self.vocab)
         if x.shape[-1] != self.length:
             raise ValueError(f"x must have length {self.length}, got {x.shape[-1]}")
         return self.probs[tuple(x.T)].log()
 
     def log_conditionals(self, x: Tensor) -> Tensor:
-        self._check_tokens(x)
+        check_tokens(x, self.vocab)
         cum = [torch.zeros(x.shape[0], dtype=_F64)]
         for i in range(1, self.length + 1):
             prefix = self.probs.sum(dim=tuple(range(i, self.length))) if i < self.length else self.probs

@@ -29,6 +29,7 @@ __all__ = [
     "DenoiserOutput",
     "check_denoiser",
     "check_output",
+    "check_tokens",
     "ddim_mean",
     "denoised",
     "epsilon",
@@ -83,6 +84,20 @@ def check_denoiser(denoiser: object, name: str = "denoiser") -> None:
     emb = getattr(denoiser, "embeddings", None)
     if not isinstance(emb, Tensor) or emb.ndim != 2:
         raise TypeError(f"{name} must carry its embedding table (V, d) as .embeddings")
+
+
+def check_tokens(x: object, vocab: int, shape: tuple[int, ...] | None = None) -> Tensor:
+    """Raise ``TypeError``/``ValueError`` naming ``x`` unless it holds token ids in ``[0, vocab)`` (THEORY section 1).
+
+    ``shape``, when given, is the shape ``x`` must have. Returns ``x`` as int64.
+    """
+    if not isinstance(x, Tensor) or x.dtype not in (torch.int64, torch.int32):
+        raise TypeError("x must be an integer tensor of token ids")
+    if shape is not None and tuple(x.shape) != tuple(shape):
+        raise ValueError(f"x must have shape {tuple(shape)}, got {tuple(x.shape)}")
+    if x.numel() and (int(x.min()) < 0 or int(x.max()) >= vocab):
+        raise ValueError(f"x holds token ids outside [0, {vocab}) (the vocabulary)")
+    return x.long()
 
 
 def check_output(out: object, z: Tensor, vocab: int) -> DenoiserOutput:
