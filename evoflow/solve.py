@@ -76,8 +76,8 @@ def integrate(field: Field, solver: Solver, state: State, controller: Controller
         if record:
             times.append(t)
             traj.append(state.z)
-    stack = (lambda xs: torch.stack(xs)) if record else (lambda xs: None)
-    return SolveResult(z=state.z, tau=t, nfe=field.nfe, times=stack(times), trajectory=stack(traj), logdet=state.logdet)
+    return SolveResult(z=state.z, tau=t, nfe=field.nfe, logdet=state.logdet,
+                       times=torch.stack(times) if record else None, trajectory=torch.stack(traj) if record else None)
 
 
 def check_latents(z: Tensor, denoiser) -> None:
