@@ -22,10 +22,21 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from evoflow.arguments import as_float, as_int
 from evoflow.paths import Path, to_times
 from evoflow.schedules import Schedule
 
 __all__ = ["Antithetic", "LogSNRImportance", "PathDistribution", "SSampler", "Stratified", "Uniform"]
+
+
+def _check_group(groups: int, n: int) -> tuple[int, int]:
+    """``groups`` and ``n`` (draws per group) as ints >= 1, else an error naming the argument."""
+    return as_int(groups, "groups", minimum=1), as_int(n, "n", minimum=1)
+
+
+def _check_frame(length: int, t_min: float) -> tuple[int, float]:
+    """``length`` as an int >= 1 and ``t_min`` as a float in [0, 1), else an error naming the argument."""
+    return as_int(length, "length", minimum=1), as_float(t_min, "t_min", low=0.0, high=1.0, high_open=True)
 
 
 class SSampler:
@@ -37,7 +48,13 @@ class SSampler:
 
     def sample(self, groups: int, n: int, path: Path, length: int, schedule: Schedule, t_min: float,
                generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
-        """``s`` (groups, n) and importance weights ``1 / r(s)`` (groups, n)."""
+        """``s`` (groups, n) and importance weights ``1 / r(s)`` (groups, n).
+
+        ``groups``, ``n`` and ``length`` are integers >= 1 and ``t_min`` a real in [0, 1), of any
+        numeric kind (Python, NumPy, 0-d tensor); anything else is refused naming the argument.
+        """
+        groups, n = _check_group(groups, n)
+        _check_frame(length, t_min)
         u = self.unit(groups, n, generator)
         return u, torch.ones_like(u)
 
@@ -49,6 +66,7 @@ class Uniform(SSampler):
     """Plain Monte Carlo: i.i.d. ``s ~ U[0, 1]`` (C9)."""
 
     def unit(self, groups, n, generator):
+        groups, n = _check_group(groups, n)
         return torch.rand(groups, n, generator=generator, dtype=torch.float64)
 
 
@@ -56,8 +74,9 @@ class Antithetic(SSampler):
     """Antithetic pairs ``(u, 1 - u)``; ``n`` must be even (C9)."""
 
     def unit(self, groups, n, generator):
+        groups, n = _check_group(groups, n)
         if n % 2:
-            raise ValueError(f"samples must be even for antithetic sampling, got {n}")
+            raise ValueError(f"n (the samples per group) must be even for antithetic sampling, got {n}")
         u = torch.rand(groups, n // 2, generator=generator, dtype=torch.float64)
         return torch.cat([u, 1.0 - u], dim=1)
 
@@ -66,6 +85,7 @@ class Stratified(SSampler):
     """Jittered stratification: point j uniform in ``[j/n, (j+1)/n)``, in random order (C9)."""
 
     def unit(self, groups, n, generator):
+        groups, n = _check_group(groups, n)
         jitter = torch.rand(groups, n, generator=generator, dtype=torch.float64)
         u = (torch.arange(n, dtype=torch.float64) + jitter) / n
         perm = torch.argsort(torch.rand(groups, n, generator=generator), dim=1)
@@ -86,16 +106,16 @@ class LogSNRImportance(SSampler):
 
     def __init__(self, inner: SSampler | None = None, floor: float = 0.1, log_snr_min: float = -12.0,
                  edges: Tensor | None = None, profile: Tensor | None = None):
-        if not 0.0 < floor <= 1.0:
-            raise ValueError(f"floor must lie in (0, 1], got {floor}")
+        floor = as_float(floor, "floor", low=0.0, high=1.0, low_open=True)
+        log_snr_min = as_float(log_snr_min, "log_snr_min")
         if (edges is None) != (profile is None):
             raise ValueError("edges and profile go together: give both or neither")
         if profile is not None and (profile.shape != (len(edges) - 1,) or bool((profile < 0).any())
                                     or bool((edges.diff() <= 0).any()) or not float(profile.sum()) > 0):
             raise ValueError("profile must hold one non-negative weight per bin of increasing edges")
         self.inner = inner or Uniform()
-        self.floor = float(floor)
-        self.log_snr_min = float(log_snr_min)
+        self.floor = floor
+        self.log_snr_min = log_snr_min
         self.edges, self.profile = edges, profile
 
     def unit(self, groups, n, generator):
@@ -132,6 +152,7 @@ class LogSNRImportance(SSampler):
 
     def density(self, s: Tensor, path: Path, length: int, schedule: Schedule, t_min: float) -> Tensor:
         """``r(s) = (1 - floor) G'(s) + floor`` (integrates to 1 over [0, 1])."""
+        length, t_min = _check_frame(length, t_min)
         edges, dens, _, total = self._frame(path, length, schedule, t_min)
         flat = s.reshape(-1)
         tau = to_times(path.tau(flat, length), t_min)  # (N, L)
@@ -141,6 +162,8 @@ class LogSNRImportance(SSampler):
         return (1.0 - self.floor) * g.reshape(s.shape) + self.floor
 
     def sample(self, groups, n, path, length, schedule, t_min, generator=None):
+        groups, n = _check_group(groups, n)
+        length, t_min = _check_frame(length, t_min)
         u = self.unit(groups, n, generator)
         frame = self._frame(path, length, schedule, t_min)
         lo, hi = torch.zeros_like(u), torch.ones_like(u)
@@ -170,7 +193,8 @@ class PathDistribution:
         self.weights = w / w.sum()
 
     def pick(self, count: int, generator: torch.Generator | None = None) -> Tensor:
-        """Indices (count,) of paths drawn with the weights."""
+        """Indices (count,) of paths drawn with the weights; ``count`` an integer >= 1."""
+        count = as_int(count, "count", minimum=1)
         return torch.multinomial(self.weights, count, replacement=True, generator=generator)
 
     def __repr__(self) -> str:

@@ -20,6 +20,7 @@ import math
 import torch
 from torch import Tensor
 
+from evoflow.arguments import as_float, as_int
 from evoflow.process import DenoiserOutput, check_tokens
 from evoflow.schedules import Schedule, check_times
 
@@ -80,6 +81,16 @@ class ExactOracle:
             raise ValueError(f"tau must have shape {tuple(z.shape[:2])} (B, L), got {tuple(tau.shape)}")
         return z.to(_F64), tau.to(_F64)
 
+    def _check_x(self, x: object, length: int | None = None) -> Tensor:
+        """Token ids ``x`` of shape ``(B, L)`` as int64 (``L = length`` when given), else an error naming x."""
+        x = check_tokens(x, self.vocab)
+        if x.ndim != 2:
+            raise ValueError(f"x must have shape (B, L), a batch of token sequences (use x[None] for a single "
+                             f"sequence); got {tuple(x.shape)}")
+        if length is not None and x.shape[1] != length:
+            raise ValueError(f"x must have length {length} (shape (B, {length})), got {tuple(x.shape)}")
+        return x
+
     def log_emission(self, z: Tensor, tau: Tensor) -> Tensor:
         """``log N(z_i; alpha(t_i) e_v, sigma(t_i)^2 I)`` for every v; (B, L, V).
 
@@ -119,17 +130,22 @@ class ExactOracle:
     def log_posterior(self, x: Tensor, z: Tensor, tau: Tensor) -> Tensor:
         """Exact joint decoder ``log p(x | z, tau) = log p(x) + sum_i log N(z_i | x_i) - log p_tau(z)``; (B,)."""
         z, tau = self._check_inputs(z, tau)
-        check_tokens(x, self.vocab, z.shape[:2])
+        x = self._check_x(x)
+        if x.shape != z.shape[:2]:
+            raise ValueError(f"x must have shape {tuple(z.shape[:2])} (B, L) to match z, got {tuple(x.shape)}")
         em = self.log_emission(z, tau)
         _, log_norm = self._posterior_and_norm(z, tau)
         return self.log_prob(x) + em.gather(-1, x[..., None]).squeeze(-1).sum(-1) - log_norm
 
     def log_prob(self, x: Tensor) -> Tensor:
-        """Exact ``log p(x)`` for token ids x (B, L); (B,)."""
+        """Exact ``log p(x)`` for token ids x (B, L) of any integer dtype; (B,).
+
+        A single sequence of shape (L,) is refused (``ValueError`` naming x): pass ``x[None]``.
+        """
         raise NotImplementedError
 
     def log_conditionals(self, x: Tensor) -> Tensor:
-        """Exact AR conditionals ``log p(x_i | x_<i)``; (B, L), summing to ``log_prob(x)``."""
+        """Exact AR conditionals ``log p(x_i | x_<i)`` for x (B, L); (B, L), summing to ``log_prob(x)``."""
         raise NotImplementedError
 
     def token_marginals(self, length: int | None = None) -> Tensor:
@@ -157,13 +173,15 @@ class MarkovOracle(ExactOracle):
         super().__init__(embeddings, schedule, V)
         self.init = _check_distribution(init, "init")
         self.transition = _check_distribution(transition, "transition rows")
-        self.length = length
+        self.length = None if length is None else as_int(length, "length", minimum=1)
 
     @classmethod
     def random(cls, vocab: int, length: int, dim: int, schedule: Schedule, generator: torch.Generator | None = None,
                sharpness: float = 2.0, scale: float = 1.0) -> MarkovOracle:
         """A random chain for checks and studies (THEORY section 7), drawn in this order from ``generator``:
         ``init = softmax(N(0, 1))``, rows ``softmax(sharpness N(0, 1))``, embeddings ``scale N(0, 1)``."""
+        vocab, dim = as_int(vocab, "vocab", minimum=1), as_int(dim, "dim", minimum=1)
+        sharpness, scale = as_float(sharpness, "sharpness"), as_float(scale, "scale")
         init = torch.softmax(torch.randn(vocab, generator=generator, dtype=_F64), 0)
         transition = torch.softmax(sharpness * torch.randn(vocab, vocab, generator=generator, dtype=_F64), 1)
         embeddings = scale * torch.randn(vocab, dim, generator=generator, dtype=_F64)
@@ -185,7 +203,7 @@ class MarkovOracle(ExactOracle):
         return post, log_norm
 
     def log_conditionals(self, x: Tensor) -> Tensor:
-        check_tokens(x, self.vocab)
+        x = self._check_x(x)
         first = self.init.log()[x[:, :1]]
         rest = self.transition.log()[x[:, :-1], x[:, 1:]]
         return torch.cat([first, rest], dim=1)
@@ -197,7 +215,7 @@ class MarkovOracle(ExactOracle):
         length = self.length if length is None else length
         if length is None:
             raise ValueError("length is needed: pass it here or to MarkovOracle(..., length=L)")
-        return int(length)
+        return as_int(length, "length", minimum=1)
 
     def token_marginals(self, length: int | None = None) -> Tensor:
         L = self._length(length)
@@ -207,8 +225,13 @@ class MarkovOracle(ExactOracle):
         return torch.stack(rows)
 
     def sample(self, n: int, length: int | None = None, generator: torch.Generator | None = None) -> Tensor:
-        """Draw ``n`` sequences (n, L) of token ids by ancestral sampling."""
-        L = self._length(length)
+        """Draw ``n`` sequences (n, L) of token ids (int64) by ancestral sampling (THEORY section 7).
+
+        ``n = 0`` gives an empty ``(0, L)`` tensor; a negative or non-integer ``n`` is refused.
+        """
+        n, L = as_int(n, "n", minimum=0), self._length(length)
+        if n == 0:
+            return torch.empty(0, L, dtype=torch.int64)
         x = [torch.multinomial(self.init, n, replacement=True, generator=generator)]
         for _ in range(L - 1):
             x.append(torch.multinomial(self.transition[x[-1]], 1, generator=generator).squeeze(1))
@@ -248,13 +271,11 @@ class TableOracle(ExactOracle):
         return torch.stack(post, dim=1), log_norm
 
     def log_prob(self, x: Tensor) -> Tensor:
-        check_tokens(x, self.vocab)
-        if x.shape[-1] != self.length:
-            raise ValueError(f"x must have length {self.length}, got {x.shape[-1]}")
+        x = self._check_x(x, self.length)
         return self.probs[tuple(x.T)].log()
 
     def log_conditionals(self, x: Tensor) -> Tensor:
-        check_tokens(x, self.vocab)
+        x = self._check_x(x, self.length)
         cum = [torch.zeros(x.shape[0], dtype=_F64)]
         for i in range(1, self.length + 1):
             prefix = self.probs.sum(dim=tuple(range(i, self.length))) if i < self.length else self.probs
@@ -262,10 +283,18 @@ class TableOracle(ExactOracle):
         return torch.stack([b - a for a, b in itertools.pairwise(cum)], dim=1)
 
     def token_marginals(self, length: int | None = None) -> Tensor:
+        if length is not None and as_int(length, "length", minimum=1) != self.length:
+            raise ValueError(f"length must be None or {self.length} (the table's length), got {length}")
         V = self.vocab
         return torch.stack([self.probs.movedim(i, 0).reshape(V, -1).sum(1) for i in range(self.length)])
 
     def sample(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """Draw ``n`` sequences (n, L) from the table."""
+        """Draw ``n`` sequences (n, L) of token ids (int64) from the table (THEORY section 7).
+
+        ``n = 0`` gives an empty ``(0, L)`` tensor; a negative or non-integer ``n`` is refused.
+        """
+        n = as_int(n, "n", minimum=0)
+        if n == 0:
+            return torch.empty(0, self.length, dtype=torch.int64)
         idx = torch.multinomial(self.probs.reshape(-1), n, replacement=True, generator=generator)
         return self._seqs[idx]

@@ -19,6 +19,8 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
+from evoflow.arguments import as_float, as_int
+
 __all__ = [
     "IndependentTimes",
     "MixtureTimes",
@@ -41,19 +43,28 @@ _SNAP = 1e-12  # grid values this close to 0 or 1 are snapped onto the end (roun
 
 
 def _check_length(length: int) -> int:
-    if isinstance(length, bool) or not isinstance(length, int):
-        raise TypeError(f"length must be an int, got {type(length).__name__}")
-    if length < 1:
-        raise ValueError(f"length must be >= 1, got {length}")
-    return length
+    return as_int(length, "length", minimum=1)
 
 
 def _check_steps(steps: int) -> int:
-    if isinstance(steps, bool) or not isinstance(steps, int):
-        raise TypeError(f"steps must be an int, got {type(steps).__name__}")
-    if steps < 1:
-        raise ValueError(f"steps must be >= 1, got {steps}")
-    return steps
+    return as_int(steps, "steps", minimum=1)
+
+
+def _check_s(s: float | Sequence[float] | Tensor) -> Tensor:
+    """Path parameters ``s`` as a float64 tensor of the same shape, every entry in [0, 1]."""
+    kind = "a real number, a sequence or a tensor of path parameters in [0, 1]"
+    if isinstance(s, bool) or str(getattr(s, "dtype", "")).removeprefix("torch.") == "bool":
+        raise TypeError(f"s must be {kind}, got booleans")
+    if isinstance(s, Tensor) and s.is_complex():
+        raise TypeError(f"s must be {kind}, got dtype {s.dtype}")
+    try:
+        s = s.to(torch.float64) if isinstance(s, Tensor) else torch.as_tensor(s, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"s must be {kind}, got {type(s).__name__}") from None
+    inside = (s >= 0) & (s <= 1)  # NaN fails both comparisons
+    if not bool(inside.all()):
+        raise ValueError(f"s must lie in [0, 1] and be finite; found {s[~inside].flatten()[0].item()}")
+    return s
 
 
 def _allocate(widths: list[float], steps: int) -> list[int]:
@@ -95,20 +106,30 @@ class Path:
     def _dtau_dclock(self, p: Tensor, length: int) -> Tensor:  # p (n,) -> (n, L)
         raise NotImplementedError
 
-    def tau(self, s: Tensor, length: int) -> Tensor:
-        """Token times ``tau(s)`` of shape ``(n, length)`` for path parameters ``s`` of shape ``(n,)``."""
-        _check_length(length)
-        s = torch.as_tensor(s, dtype=torch.float64)
-        return self._tau_clock(s * self.clock(length), length).clamp(0.0, 1.0)
+    def tau(self, s: float | Sequence[float] | Tensor, length: int) -> Tensor:
+        """Token times ``tau(s)`` in float64, of shape ``s.shape + (length,)``.
 
-    def dtau(self, s: Tensor, length: int) -> Tensor:
-        """``d tau / ds`` (right derivative at knots), shape ``(n, length)``, entries <= 0."""
-        _check_length(length)
-        s = torch.as_tensor(s, dtype=torch.float64)
-        return self._dtau_dclock(s * self.clock(length), length) * self.clock(length)
+        ``s`` is a real number, a sequence or a tensor of path parameters in [0, 1]: ``s`` of
+        shape ``(n,)`` gives ``(n, length)``, a scalar ``s`` one time vector ``(length,)``.
+        """
+        length = _check_length(length)
+        s = _check_s(s)
+        P = self.clock(length)
+        return self._tau_clock(s.reshape(-1) * P, length).clamp(0.0, 1.0).reshape(*s.shape, length)
+
+    def dtau(self, s: float | Sequence[float] | Tensor, length: int) -> Tensor:
+        """``d tau / ds`` (right derivative at knots), entries <= 0.
+
+        ``s`` as for :meth:`tau`; the result has shape ``s.shape + (length,)``.
+        """
+        length = _check_length(length)
+        s = _check_s(s)
+        P = self.clock(length)
+        return (self._dtau_dclock(s.reshape(-1) * P, length) * P).reshape(*s.shape, length)
 
     def knots(self, length: int) -> Tensor:
         """Interior knots of the path in s, shape ``(n_knots,)``."""
+        length = _check_length(length)
         P = self.clock(length)
         return torch.tensor([k / P for k in self.knot_clocks(length)], dtype=torch.float64)
 
@@ -135,7 +156,7 @@ class Path:
         ``steps`` is the number of grid intervals, i.e. network calls for a one-evaluation
         solver. Rows are non-increasing; values within 1e-12 of an end are snapped onto it.
         """
-        _check_length(length)
+        length, steps = _check_length(length), _check_steps(steps)
         self.check_steps(length, steps)
         T = self._tau_clock(self.grid_clocks(length, steps), length).clamp(0.0, 1.0)
         T = torch.where(T < _SNAP, 0.0, torch.where(T > 1.0 - _SNAP, 1.0, T))
@@ -168,11 +189,7 @@ class Staircase(Path):
     """
 
     def __init__(self, block: int = 1):
-        if isinstance(block, bool) or not isinstance(block, int):
-            raise TypeError(f"block must be an int, got {type(block).__name__}")
-        if block < 1:
-            raise ValueError(f"block must be >= 1, got {block}")
-        self.block = block
+        self.block = as_int(block, "block", minimum=1)
 
     def n_blocks(self, length: int) -> int:
         """Number of blocks, ``ceil(length / block)``."""
@@ -185,8 +202,8 @@ class Staircase(Path):
         return [float(j) for j in range(1, self.n_blocks(length))]
 
     def check_steps(self, length: int, steps: int) -> None:
-        _check_steps(steps)
-        n = self.n_blocks(length)
+        steps = _check_steps(steps)
+        n = self.n_blocks(_check_length(length))
         if steps % n:
             raise ValueError(
                 f"steps must be a multiple of the number of blocks for Staircase(block={self.block}) "
@@ -220,11 +237,7 @@ class Rolling(Path):
     """
 
     def __init__(self, window: float = 4.0):
-        if isinstance(window, bool) or not isinstance(window, int | float):
-            raise TypeError(f"window must be a number, got {type(window).__name__}")
-        if not (window > 0 and window < float("inf")):
-            raise ValueError(f"window must be positive and finite, got {window}")
-        self.window = float(window)
+        self.window = as_float(window, "window", low=0.0, low_open=True)  # positive and finite
 
     def clock(self, length: int) -> float:
         return length + self.window
@@ -290,8 +303,7 @@ def refine(grid: Tensor, m: int) -> Tensor:
     The refined grid runs along the same piecewise-linear path and contains every row of the
     original one (nested refinement, claim C5; convergence studies, C2/C11).
     """
-    if isinstance(m, bool) or not isinstance(m, int) or m < 1:
-        raise ValueError(f"m must be a positive integer, got {m!r}")
+    m = as_int(m, "m", minimum=1)
     frac = (torch.arange(m, dtype=grid.dtype) / m).reshape((-1,) + (1,) * (grid.ndim - 1))
     rows = [grid[k] + frac * (grid[k + 1] - grid[k]) for k in range(grid.shape[0] - 1)]
     return torch.cat([*rows, grid[-1:]])
@@ -330,6 +342,8 @@ def as_grid(path: Path | Sequence[Path] | Tensor, length: int, steps: int | None
     per sequence, gridded with the same ``steps``), or an explicit grid tensor ``(K+1, L)`` or
     ``(K+1, B, L)`` (then ``steps`` must be None or equal K).
     """
+    length, batch = _check_length(length), as_int(batch, "batch", minimum=0)
+    steps = None if steps is None else _check_steps(steps)
     if isinstance(path, Tensor):
         g = validate_grid(path, "path")
         if steps is not None and steps != g.shape[0] - 1:

@@ -89,15 +89,20 @@ def check_denoiser(denoiser: object, name: str = "denoiser") -> None:
 def check_tokens(x: object, vocab: int, shape: tuple[int, ...] | None = None) -> Tensor:
     """Raise ``TypeError``/``ValueError`` naming ``x`` unless it holds token ids in ``[0, vocab)`` (THEORY section 1).
 
-    ``shape``, when given, is the shape ``x`` must have. Returns ``x`` as int64.
+    ``x`` is a tensor of any integer dtype (``uint8`` ... ``int64``; not bool, not floating
+    point). ``shape``, when given, is the shape ``x`` must have. Returns ``x`` as int64: use the
+    returned tensor, since indexing with ``uint8`` would be read as a boolean mask.
     """
-    if not isinstance(x, Tensor) or x.dtype not in (torch.int64, torch.int32):
-        raise TypeError("x must be an integer tensor of token ids")
+    if not isinstance(x, Tensor):
+        raise TypeError(f"x must be an integer tensor of token ids, got {type(x).__name__}")
+    if x.dtype == torch.bool or x.dtype.is_floating_point or x.dtype.is_complex or x.is_quantized:
+        raise TypeError(f"x must be an integer tensor of token ids, got dtype {x.dtype}")
     if shape is not None and tuple(x.shape) != tuple(shape):
         raise ValueError(f"x must have shape {tuple(shape)}, got {tuple(x.shape)}")
-    if x.numel() and (int(x.min()) < 0 or int(x.max()) >= vocab):
+    ids = x.to(torch.int64)  # uint64 ids >= 2**63 wrap to negative values and are refused below
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= vocab):
         raise ValueError(f"x holds token ids outside [0, {vocab}) (the vocabulary)")
-    return x.long()
+    return ids
 
 
 def check_output(out: object, z: Tensor, vocab: int) -> DenoiserOutput:

@@ -3,6 +3,7 @@
 import itertools
 import math
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -140,3 +141,71 @@ def test_bad_oracle_arguments_name_themselves():
         m(z, torch.full((1, 3), 0.5, dtype=F64))
     with pytest.raises(ValueError, match="token ids"):
         m.log_prob(torch.tensor([[0, 3]]))
+
+
+INT_DTYPES = [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64]
+
+
+@pytest.mark.parametrize("dtype", INT_DTYPES, ids=str)
+def test_every_integer_dtype_of_x_gives_the_int64_answer(markov, dtype):
+    """uint8 ids index like int64, not like a boolean mask."""
+    table = ef.TableOracle(markov_table(markov, 3), markov.embeddings, markov.schedule)
+    x = torch.tensor(list(itertools.product(range(3), repeat=3)))
+    z, tau = _inputs(0, 1, 3, 2)
+    z, tau = z.expand(len(x), -1, -1), tau.expand(len(x), -1)
+    for oracle in (markov, table):
+        assert torch.equal(oracle.log_prob(x.to(dtype)), oracle.log_prob(x))
+        assert torch.equal(oracle.log_conditionals(x.to(dtype)), oracle.log_conditionals(x))
+        assert torch.equal(oracle.log_posterior(x.to(dtype), z, tau), oracle.log_posterior(x, z, tau))
+
+
+def test_a_single_sequence_is_refused_naming_x_and_the_shape(markov):
+    """x is a batch (B, L) like everywhere else (THEORY section 1); one sequence is x[None]."""
+    table = ef.TableOracle(markov_table(markov, 3), markov.embeddings, markov.schedule)
+    x = torch.tensor([[0, 2, 1]])
+    z, tau = _inputs(0, 1, 3, 2)
+    for oracle in (markov, table):
+        for call in (oracle.log_prob, oracle.log_conditionals, lambda x, o=oracle: o.log_posterior(x, z, tau)):
+            with pytest.raises(ValueError, match=r"^x must have shape \(B, L\).*x\[None\].*got \(3,\)$"):
+                call(x[0])
+            assert call(x).shape[0] == 1  # the batched form works
+    with pytest.raises(ValueError, match=r"^x must have length 3 \(shape \(B, 3\)\), got \(1, 2\)$"):
+        table.log_conditionals(x[:, :2])
+    with pytest.raises(ValueError, match=r"^x must have shape \(1, 3\) \(B, L\) to match z, got \(2, 3\)$"):
+        markov.log_posterior(x.expand(2, -1), z, tau)
+    with pytest.raises(TypeError, match=r"^x must be an integer tensor of token ids, got dtype torch.float32$"):
+        markov.log_prob(x.float())
+
+
+def test_sample_counts_accept_numpy_and_allow_zero(markov):
+    table = ef.TableOracle(markov_table(markov, 3), markov.embeddings, markov.schedule)
+    for oracle in (markov, table):
+        empty = oracle.sample(0)
+        assert empty.shape == (0, 3) and empty.dtype == torch.int64
+        assert oracle.log_prob(empty).shape == (0,)  # the empty batch composes
+        plain = oracle.sample(7, generator=torch.Generator().manual_seed(2))
+        for n in (np.int64(7), torch.tensor(7), np.uint8(7)):
+            assert torch.equal(oracle.sample(n, generator=torch.Generator().manual_seed(2)), plain)
+        with pytest.raises(ValueError, match=r"^n must be an integer >= 0, got -1$"):
+            oracle.sample(-1)
+        with pytest.raises(TypeError, match=r"^n must be an integer"):
+            oracle.sample(7.0)
+    g = torch.Generator().manual_seed(3)
+    assert torch.equal(markov.sample(4, np.int64(5), g), markov.sample(4, 5, torch.Generator().manual_seed(3)))
+    assert markov.sample(0, 5).shape == (0, 5)
+    assert torch.equal(markov.token_marginals(np.int64(4)), markov.token_marginals(4))
+
+
+def test_oracle_lengths_are_checked(markov):
+    table = ef.TableOracle(markov_table(markov, 3), markov.embeddings, markov.schedule)
+    with pytest.raises(ValueError, match=r"^length must be an integer >= 1, got 0$"):
+        ef.MarkovOracle(markov.init, markov.transition, markov.embeddings, markov.schedule, length=0)
+    with pytest.raises(TypeError, match=r"^length must be an integer"):
+        ef.MarkovOracle(markov.init, markov.transition, markov.embeddings, markov.schedule, length=3.0)
+    with pytest.raises(ValueError, match=r"^length must be an integer >= 1, got 0$"):
+        markov.sample(2, 0)
+    with pytest.raises(ValueError, match=r"^length must be None or 3 \(the table's length\), got 4$"):
+        table.token_marginals(4)
+    assert torch.equal(table.token_marginals(np.int64(3)), table.token_marginals())
+    with pytest.raises(ValueError, match=r"^vocab must be an integer >= 1"):
+        ef.MarkovOracle.random(0, 3, 2, ef.Cosine())

@@ -1,5 +1,6 @@
 """Paths and grids: ends, monotonicity, knots, AR/diffusion limits, validation, time samplers."""
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -183,3 +184,75 @@ def test_refine_nests_the_grid_on_the_same_path(grid, m):
         assert torch.allclose(mid, grid[:-1] + (grid[1:] - grid[:-1]) / m)
     with pytest.raises(ValueError, match="m must be"):
         ef.paths.refine(grid, 0)
+
+
+counts = st.sampled_from([int, np.int64, np.int32, np.uint8, torch.tensor])
+
+
+@given(path=paths, L=st.integers(1, 7), k=st.integers(1, 6), kind=counts)
+def test_numpy_and_tensor_counts_give_the_same_grid(path, L, k, kind):
+    steps = _steps_for(path, L, k)
+    assert torch.equal(path.grid(kind(L), kind(steps)), path.grid(L, steps))
+    s = torch.linspace(0, 1, 5, dtype=F64)
+    assert torch.equal(path.tau(s, kind(L)), path.tau(s, L)) and torch.equal(path.dtau(s, kind(L)), path.dtau(s, L))
+    assert torch.equal(as_grid(path, kind(L), kind(steps), kind(2)), as_grid(path, L, steps, 2))
+
+
+def test_numpy_and_tensor_path_parameters_build_the_same_paths():
+    assert torch.equal(ef.Staircase(np.int64(2)).grid(6, 6), ef.Staircase(2).grid(6, 6))
+    assert ef.Staircase(torch.tensor(3)).block == 3 and type(ef.Staircase(np.int16(3)).block) is int
+    assert torch.equal(ef.Rolling(np.float32(2.0)).grid(5, 9), ef.Rolling(2.0).grid(5, 9))
+    assert ef.Rolling(torch.tensor(1.5)).window == 1.5 and ef.Rolling(np.int64(3)).window == 3.0
+    g = ef.Synchronous().grid(3, 4)
+    assert torch.equal(ef.paths.refine(g, np.int64(3)), ef.paths.refine(g, 3))
+
+
+@pytest.mark.parametrize(("make", "error", "message"), [
+    (lambda: ef.Staircase(2.0), TypeError, "^block must be an integer"),
+    (lambda: ef.Staircase(True), TypeError, "^block must be an integer"),
+    (lambda: ef.Staircase(np.int64(0)), ValueError, "^block must be an integer >= 1, got 0$"),
+    (lambda: ef.Rolling(True), TypeError, "^window must be a real number"),
+    (lambda: ef.Rolling(float("nan")), ValueError, r"^window must be a real number in \(0, inf\), got nan$"),
+    (lambda: ef.Rolling(float("inf")), ValueError, r"^window must be a real number in \(0, inf\)"),
+    (lambda: ef.Rolling(np.float32(0.0)), ValueError, r"^window must be a real number in \(0, inf\), got 0\.0$"),
+    (lambda: ef.Synchronous().grid(4, 2.0), TypeError, "^steps must be an integer"),
+    (lambda: ef.Synchronous().grid(np.float64(4.0), 2), TypeError, "^length must be an integer"),
+    (lambda: ef.Synchronous().tau(0.5, 0), ValueError, "^length must be an integer >= 1, got 0$"),
+    (lambda: ef.paths.refine(ef.Synchronous().grid(3, 2), 2.0), TypeError, "^m must be an integer"),
+    (lambda: as_grid(ef.Synchronous().grid(3, 2), 3, 2.0, 1), TypeError, "^steps must be an integer"),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_bad_counts_and_reals_name_the_argument(make, error, message):
+    with pytest.raises(error, match=message):
+        make()
+
+
+@given(path=paths, L=st.integers(1, 6), s=st.floats(0.0, 1.0))
+def test_a_scalar_s_gives_one_time_vector(path, L, s):
+    row = path.tau(torch.tensor([s], dtype=F64), L)[0]
+    for scalar in (s, np.float64(s), torch.tensor(s, dtype=F64)):
+        assert path.tau(scalar, L).shape == (L,) and torch.equal(path.tau(scalar, L), row)
+        assert torch.equal(path.dtau(scalar, L), path.dtau(torch.tensor([s], dtype=F64), L)[0])
+    assert torch.equal(path.tau([s, s], L), row.expand(2, L))  # a list is a batch of s, like a 1-d tensor
+
+
+def test_tau_of_s_has_shape_s_shape_plus_length():
+    path = ef.Staircase(1)
+    assert torch.equal(path.tau(0.5, 6), torch.tensor([0, 0, 0, 1, 1, 1], dtype=F64))  # the reported IndexError
+    s = torch.rand(3, 4, dtype=F64)
+    assert path.tau(s, 6).shape == (3, 4, 6) and path.dtau(s, 6).shape == (3, 4, 6)
+    assert torch.equal(path.tau(s, 6)[1], path.tau(s[1], 6))
+    assert path.tau(torch.empty(0, dtype=F64), 6).shape == (0, 6)
+    assert path.tau(torch.tensor([0, 1]), 6).dtype == F64  # integer s is read as a real in [0, 1]
+
+
+@pytest.mark.parametrize("bad", [2.0, -0.1, float("nan"), [0.5, 1.5], torch.tensor([0.2, float("nan")])], ids=repr)
+def test_s_outside_the_unit_interval_is_refused(bad):
+    for fn in (ef.Staircase(1).tau, ef.Staircase(1).dtau, ef.Rolling(2.0).tau):
+        with pytest.raises(ValueError, match=r"^s must lie in \[0, 1\] and be finite; found "):
+            fn(bad, 6)
+
+
+@pytest.mark.parametrize("bad", [True, torch.tensor([True]), np.array([False]), "0.5", torch.tensor([0.5j])], ids=repr)
+def test_s_that_is_not_real_is_refused(bad):
+    with pytest.raises(TypeError, match=r"^s must be a real number, a sequence or a tensor"):
+        ef.Synchronous().tau(bad, 3)

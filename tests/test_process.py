@@ -1,5 +1,6 @@
 """Forward process, step posterior, and the conversions ehat -> epsilon, velocity, score."""
 
+import numpy as np
 import pytest
 import torch
 from hypothesis import given
@@ -101,3 +102,40 @@ def test_check_denoiser_names_what_is_missing():
 
     with pytest.raises(TypeError, match="schedule"):
         check_denoiser(lambda z, t: None)
+
+
+INT_DTYPES = [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64] + [
+    getattr(torch, name) for name in ("uint16", "uint32", "uint64") if hasattr(torch, name)]
+
+
+@pytest.mark.parametrize("dtype", INT_DTYPES, ids=str)
+def test_check_tokens_accepts_every_integer_dtype_as_int64(dtype):
+    from evoflow.process import check_tokens
+
+    x = torch.tensor([[0, 4, 2], [1, 1, 3]]).to(dtype)
+    ids = check_tokens(x, 5, (2, 3))
+    assert ids.dtype == torch.int64 and ids.tolist() == [[0, 4, 2], [1, 1, 3]]
+    with pytest.raises(ValueError, match=r"^x holds token ids outside \[0, 4\)"):
+        check_tokens(x, 4)
+
+
+@pytest.mark.parametrize(("bad", "what"), [
+    (torch.tensor([[True, False]]), "dtype torch.bool"), (torch.tensor([[0.0, 1.0]]), "dtype torch.float32"),
+    (torch.tensor([[1j]]), "dtype torch.complex64"), ([[0, 1]], "list"), (np.array([[0, 1]]), "ndarray"),
+], ids=lambda v: v if isinstance(v, str) else "")
+def test_check_tokens_refuses_non_integer_ids_naming_x(bad, what):
+    from evoflow.process import check_tokens
+
+    with pytest.raises(TypeError, match=rf"^x must be an integer tensor of token ids, got {what}$"):
+        check_tokens(bad, 3)
+
+
+def test_check_tokens_shape_and_huge_unsigned_ids():
+    from evoflow.process import check_tokens
+
+    with pytest.raises(ValueError, match=r"^x must have shape \(1, 3\), got \(3,\)$"):
+        check_tokens(torch.tensor([0, 1, 2]), 3, (1, 3))
+    if hasattr(torch, "uint64"):  # 2**63 + 1 must not wrap into a valid id
+        with pytest.raises(ValueError, match="outside"):
+            check_tokens(torch.tensor([[2**63 + 1]], dtype=torch.uint64), 3)
+    assert check_tokens(torch.empty(0, 4, dtype=torch.uint8), 3).shape == (0, 4)
