@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from evoflow.arguments import as_float
 from evoflow.field import Field
 from evoflow.paths import Path, as_grid, grid_times
 from evoflow.process import check_denoiser
@@ -34,6 +35,10 @@ class Controller:
         """Times (B, L) after the step from ``t`` (given the state and the field), or None to stop."""
         raise NotImplementedError
 
+    def plan(self) -> Tensor | None:
+        """Every time vector (K+1, B, L) when they are fixed in advance, else None (adaptive controllers)."""
+        return None
+
 
 class GridController(Controller):
     """Walk the rows of a fixed time grid ``(K+1, B, L)`` in order (THEORY section 4, C2)."""
@@ -49,6 +54,9 @@ class GridController(Controller):
     def next(self, t: Tensor, state: State, field: Field) -> Tensor | None:
         self._k += 1
         return self.times[self._k] if self._k < self.times.shape[0] else None
+
+    def plan(self) -> Tensor:
+        return self.times
 
 
 @dataclass
@@ -67,16 +75,24 @@ class SolveResult:
 
 def integrate(field: Field, solver: Solver, state: State, controller: Controller,
               generator: torch.Generator | None = None, record: bool = False) -> SolveResult:
-    """Run ``solver`` from ``controller.start()`` until the controller stops; the one solve loop (C2)."""
-    t = controller.start()
-    times, traj = ([t], [state.z]) if record else (None, None)
-    while (t_to := controller.next(t, state, field)) is not None:
-        state = solver.step(field, state, t, t_to, generator)
-        t = t_to
-        if record:
+    """Run ``solver`` from ``controller.start()`` until the controller stops; the one solve loop (C2).
+
+    A solver with ``whole_path`` integrates a grid fixed in advance at once (one ``odeint`` for the
+    torchdiffeq adapter); otherwise, and under adaptive controllers, the loop takes one step per row.
+    """
+    grid = controller.plan()
+    if solver.whole_path and grid is not None:
+        state, zs = solver.integrate_grid(field, state, grid, generator)
+        times, traj = list(grid), zs
+    else:
+        t = controller.start()
+        times, traj = [t], [state.z]
+        while (t_to := controller.next(t, state, field)) is not None:
+            state = solver.step(field, state, t, t_to, generator)
+            t = t_to
             times.append(t)
             traj.append(state.z)
-    return SolveResult(z=state.z, tau=t, nfe=field.nfe, logdet=state.logdet,
+    return SolveResult(z=state.z, tau=times[-1], nfe=field.nfe, logdet=state.logdet,
                        times=torch.stack(times) if record else None, trajectory=torch.stack(traj) if record else None)
 
 
@@ -94,23 +110,30 @@ def check_latents(z: Tensor, denoiser) -> None:
 
 
 def check_t_min(t_min: float) -> float:
-    """Raise ``ValueError`` unless ``0 <= t_min < 1``."""
-    if isinstance(t_min, bool) or not isinstance(t_min, int | float) or not 0.0 <= float(t_min) < 1.0:
-        raise ValueError(f"t_min must be a number in [0, 1), got {t_min!r}")
-    return float(t_min)
+    """``t_min`` as a float in [0, 1), the clean end of the time map (THEORY section 5).
+
+    Any real number is accepted (int, float, NumPy number, 0-d tensor); ``TypeError`` for other
+    kinds (bool included), ``ValueError`` outside [0, 1) or for NaN, both naming ``t_min``.
+    """
+    return as_float(t_min, "t_min", low=0.0, high=1.0, high_open=True)
 
 
 def solve(denoiser, z: Tensor, path: Path | Sequence[Path] | Tensor, steps: int | None = None,
           solver: Solver | str = "euler", t_min: float = 0.0, generator: torch.Generator | None = None,
-          trajectory: bool = False) -> SolveResult:
+          trajectory: bool = False, grad: bool = False) -> SolveResult:
     """Carry ``z`` (B, L, d) from the noise end to the clean end of ``path`` (THEORY claim C2).
 
     ``path``: a :class:`Path` shared by the batch, one Path per sequence, or an explicit grid
     ``(K+1, L)`` / ``(K+1, B, L)``; ``steps`` grid intervals. Path time t is mapped to
-    ``t_min + (1 - t_min) t``, so ``t_min > 0`` stops short of the clean end; prompt columns of a
-    grid (0 throughout) stay at 0 and are never moved. The schedule is the denoiser's
-    ``.schedule``. ``nfe`` in the result is the exact number of denoiser calls.
+    ``t_min + (1 - t_min) t``; every solver reaches the clean end ``t_min = 0`` (steps into it finish
+    with the exponential step, :mod:`evoflow.solvers.landing`). Prompt columns of a grid (0
+    throughout) stay at 0 and are never moved. The schedule is the denoiser's ``.schedule``.
+    ``nfe`` in the result is the exact number of denoiser calls. Like a sampling pipeline, ``solve``
+    records no autograd graph (the result does not require grad); ``grad=True`` keeps it, so that
+    gradients flow through the whole solve to ``z`` and to the denoiser's parameters.
     """
+    if not isinstance(grad, bool):
+        raise TypeError(f"grad must be True or False, got {grad!r}")
     check_denoiser(denoiser)
     check_latents(z, denoiser)
     t_min = check_t_min(t_min)
@@ -119,10 +142,10 @@ def solve(denoiser, z: Tensor, path: Path | Sequence[Path] | Tensor, steps: int 
     grid = as_grid(path, L, steps, B)
     times = grid_times(grid, t_min).to(device=z.device)
     field = Field(denoiser)
-    result = integrate(field, solver, State(z=z), GridController(times), generator, record=trajectory)
+    with torch.set_grad_enabled(grad and torch.is_grad_enabled()):
+        result = integrate(field, solver, State(z=z), GridController(times), generator, record=trajectory)
     if not bool(torch.isfinite(result.z).all()):
         raise FloatingPointError(
-            "solve produced non-finite latents: the denoiser returned NaN/inf logits or the step "
-            f"size is too large for {solver!r} near a singular end (try t_min > 0 or a smaller step)"
-        )
+            "solve produced non-finite latents: the denoiser returned NaN/inf logits or inf latents "
+            f"(solver {solver!r})")
     return result

@@ -47,8 +47,15 @@ def test_nfe_is_the_exact_number_of_denoiser_calls(name, per_step, markov):
             return markov(z, tau)
 
     z = torch.randn(2, 3, 2, dtype=F64)
+    # t_min = 0.3 and 4 steps per block: no step is stiff, each costs the solver's stages
+    res = ef.solve(Counting(), z, ef.Staircase(1), 12, solver=name, t_min=0.3)
+    assert res.nfe == len(calls) == 12 * per_step
+    # t_min = 0.1 and 2 steps per block: each of the 3 blocks lands through a stiff last step, which
+    # costs one more call (the exponential step from the regular point), except for DDIM
+    calls.clear()
     res = ef.solve(Counting(), z, ef.Staircase(1), 6, solver=name, t_min=0.1)
-    assert res.nfe == len(calls) == 6 * per_step
+    landings = 0 if ef.solvers.get(name).exponential else 3
+    assert res.nfe == len(calls) == 6 * per_step + landings
 
 
 def test_t_min_maps_the_path_and_the_trajectory_is_recorded(markov):
@@ -124,3 +131,30 @@ def test_prompt_columns_stay_clean_and_condition_the_rest(markov):
     res = ef.solve(Spy(), z, grid, solver="heun", t_min=0.1)
     assert torch.equal(res.z[:, 0], z[:, 0]) and all((t == 0).all() for t in seen)
     assert (res.tau[:, 1:] == 0.1).all() and (res.tau[:, 0] == 0).all()
+
+
+def test_solve_records_no_graph_unless_asked(markov):
+    z = torch.randn(2, 3, 2, dtype=F64, requires_grad=True)
+    out = ef.solve(markov, z, ef.Synchronous(), 4, solver="heun", t_min=0.2)
+    assert not out.z.requires_grad  # a sampler: no graph, no memory held for a backward pass
+    kept = ef.solve(markov, z, ef.Synchronous(), 4, solver="heun", t_min=0.2, grad=True)
+    assert torch.equal(kept.z.detach(), out.z)
+    with pytest.raises(TypeError, match="grad"):
+        ef.solve(markov, z, ef.Synchronous(), 4, grad="yes")
+
+
+@pytest.mark.parametrize("name", ["heun", "dpm++2m", "torchdiffeq:rk4"])
+def test_a_gradient_through_the_solve_matches_finite_differences(name, markov):
+    """grad=True: d <w, z_out> / d z_in by autograd against central differences, landing step included."""
+    z = torch.randn(2, 3, 2, generator=torch.Generator().manual_seed(3), dtype=F64)
+    w = torch.randn(2, 3, 2, generator=torch.Generator().manual_seed(4), dtype=F64)
+    dz = torch.randn(2, 3, 2, generator=torch.Generator().manual_seed(5), dtype=F64)
+
+    def f(zz, grad=False):
+        return (ef.solve(markov, zz, ef.Staircase(1), 6, solver=name, t_min=1e-3, grad=grad).z * w).sum()
+
+    zz = z.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(f(zz, grad=True), zz)
+    eps = 1e-6
+    fd = (f(z + eps * dz) - f(z - eps * dz)) / (2 * eps)
+    assert abs(float((g * dz).sum()) - float(fd)) < 1e-6 * max(1.0, abs(float(fd)))

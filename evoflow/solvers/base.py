@@ -7,12 +7,12 @@ the probability-flow ODE of claim C2: inside the step the times move linearly,
     dz_i / dr = u_i(z, tau(r)) (t_to,i - t_from,i),      d logdet / dr = sum_i D_i (t_to,i - t_from,i),
 
 the second equation carried only when the field has a divergence estimator (claim C11).
-Tokens with ``t_to == t_from`` are returned bit-for-bit unchanged, and a step in which no
-token of the batch moves costs no network call; :meth:`Solver.step` enforces both for every
-solver, third-party ones included. It also owns the landing on a singular clean end
-(``sigma(t_to) = 0``, where ``u`` is undefined): such tokens take the exponential-integrator
-step ``alpha_s ehat + sigma_s epshat`` from the step's start (the DDIM step; Karras et al. use
-Euler there), exact for a frozen ``ehat``, which lands on ``ehat``.
+:meth:`Solver.step` wraps every solver's :meth:`Solver.advance`, third-party ones included, with
+three rules: tokens with ``t_to == t_from`` are returned bit-for-bit unchanged; a step in which no
+token of the batch moves costs no network call; and a step toward the clean end is integrated by
+the solver only down to its regular point and finished by the exponential step
+``alpha_s ehat + sigma_s epshat`` (:mod:`evoflow.solvers.landing`, which states what this does to
+the order), so that every solver reaches ``t = 0`` and any ``t_min`` without blowing up.
 Derivation: proofs/p02_path_invariance.md.
 """
 
@@ -28,6 +28,7 @@ from torch import Tensor
 
 from evoflow.field import Field
 from evoflow.process import ddim_mean
+from evoflow.solvers.landing import regular_point
 
 __all__ = ["Solver", "State", "get", "names", "register"]
 
@@ -48,7 +49,10 @@ class Solver:
 
     Attributes: ``name``; ``kind`` ("ode" deterministic, "sde" stochastic); ``order``, the
     declared convergence order (strong for "ode", weak for "sde"), checked by the tests
-    against a fitted log-log error slope; ``adaptive`` (error-controlled inner steps).
+    against a fitted log-log error slope; ``adaptive`` (error-controlled inner steps); ``exponential``
+    (the step integrates the stiff linear part of the field exactly, as DDIM does, so steps into the
+    clean end need no regular point); ``whole_path`` (the solver integrates a grid known in advance at
+    once through :meth:`integrate_grid`, as the torchdiffeq adapter runs one ``odeint`` over it).
     Subclasses implement :meth:`advance`; callers use :meth:`step`.
     """
 
@@ -56,6 +60,8 @@ class Solver:
     kind: str = "ode"
     order: int = 1
     adaptive: bool = False
+    exponential: bool = False
+    whole_path: bool = False
 
     def advance(self, field: Field, state: State, t_from: Tensor, t_to: Tensor,
                 generator: torch.Generator | None) -> State:
@@ -64,19 +70,40 @@ class Solver:
 
     def step(self, field: Field, state: State, t_from: Tensor, t_to: Tensor,
              generator: torch.Generator | None = None) -> State:
-        """One grid step; tokens whose time does not change keep their latents bit-for-bit."""
+        """One grid step (C2): frozen tokens keep their latents bit-for-bit, idle steps cost nothing, and
+        steps into the stiff clean end finish with the exponential step (:mod:`evoflow.solvers.landing`)."""
         moving = t_to != t_from  # (B, L)
         if not bool(moving.any()):
             return state
-        new = self.advance(field, state, t_from, t_to, generator)
-        land = moving & (t_to < t_from) & (field.schedule.sigma(t_to) == 0)
-        if bool(land.any()):  # the field is singular there: take the exponential step from the start
-            ehat = field(state.z, t_from).ehat  # the first stage of most solvers: a cache hit, no new call
-            landed = ddim_mean(state.z, ehat, t_from, t_to, field.schedule)
-            new = replace(new, z=torch.where(land[..., None], landed, new.z))
+        t_reg = t_to if self.exponential else regular_point(field.schedule, t_from, t_to, self.adaptive)
+        new = self.advance(field, state, t_from, t_reg, generator) if bool((t_reg != t_from).any()) else state
+        new = self.land(field, new, t_reg, t_to)
         if bool(moving.all()):
             return new
         return replace(new, z=torch.where(moving[..., None], new.z, state.z))
+
+    def integrate_grid(self, field: Field, state: State, times: Tensor,
+                       generator: torch.Generator | None = None) -> tuple[State, list[Tensor]]:
+        """For ``whole_path`` solvers: carry ``state`` along the grid ``times`` (K+1, B, L) at once and
+        return the final state and the latents at every row, under the rules of :meth:`step` (C2)."""
+        raise NotImplementedError(f"{self!r} integrates step by step (whole_path is False)")
+
+    def land(self, field: Field, state: State, t_reg: Tensor, t_to: Tensor) -> State:
+        """Finish tokens with ``t_reg != t_to`` by the exponential step from ``t_reg`` (THEORY section 3).
+
+        ``state`` holds the latents at times ``t_reg`` (B, L); one network call there gives ``ehat``,
+        and ``z_s = alpha_s ehat + sigma_s epshat`` is exact when ``ehat`` does not change over
+        ``[t_to, t_reg]``. The log-determinant, when carried, takes the left-point rule.
+        """
+        split = t_reg != t_to
+        if not bool(split.any()):
+            return state
+        ev = field(state.z, t_reg)
+        z = torch.where(split[..., None], ddim_mean(state.z, ev.ehat, t_reg, t_to, field.schedule), state.z)
+        logdet = state.logdet
+        if logdet is not None and ev.div is not None:
+            logdet = logdet + (ev.div * (t_to - t_reg).to(ev.div.dtype)).sum(-1)
+        return State(z=z, logdet=logdet, memory=state.memory)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"

@@ -40,8 +40,12 @@ class DDIM(Solver):
     """DDIM with stochasticity ``eta`` in [0, 1]: eta = 0 is the ODE solver (order 1), eta = 1 ancestral.
     (THEORY section 3, C2)
 
-    Stochastic steps (eta > 0) run only toward the clean end (``t_to <= t_from``).
+    Stochastic steps (eta > 0) run only toward the clean end (``t_to <= t_from``). The step integrates
+    the stiff linear part of the field exactly, so it lands on the clean end as it is
+    (``exponential = True``: no regular point, :mod:`evoflow.solvers.landing`).
     """
+
+    exponential = True
 
     def __init__(self, eta: float = 0.0):
         if not 0.0 <= float(eta) <= 1.0:

@@ -82,21 +82,3 @@ def test_stochastic_steps_refuse_to_run_toward_noise(markov):
     t0, t1 = torch.full((1, 3), 0.3, dtype=F64), torch.full((1, 3), 0.5, dtype=F64)
     with pytest.raises(ValueError, match="t_to"):
         ef.solvers.get("ddim-ancestral").step(Field(markov), State(z=z), t0, t1)
-
-
-@pytest.mark.parametrize("name", ALL)
-def test_landing_on_the_singular_clean_end_takes_the_exponential_step(name):
-    """sigma(0) = 0 makes u undefined at t = 0: every solver lands on alpha(0) ehat(z, t_from)."""
-    from evoflow.process import ddim_mean
-    from tests.strategies import random_markov
-
-    oracle = random_markov(3, 3, 2, ef.Linear(), seed=0)
-    z = torch.randn(2, 3, 2, generator=torch.Generator().manual_seed(1), dtype=F64)
-    t_from = torch.tensor([[0.3, 0.3, 0.0], [0.3, 0.2, 0.3]], dtype=F64)
-    t_to = torch.zeros(2, 3, dtype=F64)
-    field = Field(oracle)
-    new = ef.solvers.get(name).step(field, State(z=z), t_from, t_to, torch.Generator().manual_seed(0))
-    expected = ddim_mean(z, Field(oracle)(z, t_from).ehat, t_from, t_to, oracle.schedule)
-    moving = t_from > 0
-    assert torch.allclose(new.z[moving], expected[moving], atol=1e-12)
-    assert torch.equal(new.z[~moving], z[~moving])
