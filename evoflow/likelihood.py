@@ -75,7 +75,7 @@ def flow_log_likelihood(denoiser, z: Tensor, path: Path | Sequence[Path] | Tenso
     B, L, _ = z.shape
     grid = as_grid(path, L, steps, B)
     times = grid_times(grid, t_min).flip(0).to(device=z.device)  # clean -> noise
-    field = Field(denoiser, divergence=get_divergence(divergence, generator))
+    field = Field(denoiser, divergence=get_divergence(divergence, generator), generator=generator)
     state = State(z=z, logdet=torch.zeros(B, dtype=z.dtype, device=z.device))
     out = integrate(field, solver, state, GridController(times), generator)
     log_prior = (prior or gaussian_prior(sch))(out.z, out.tau)
@@ -91,7 +91,10 @@ def log_likelihood(denoiser, z: Tensor, path: Path | Sequence[Path] | Tensor, st
     """Log-density (B,) of ``z`` (B, L, d) with every token at time ``t_min`` (claim C11).
 
     Integrates the probability-flow ODE from ``t_min`` to 1 along ``path`` with ``solver`` and
-    the ``divergence`` estimator (``"exact"`` by autograd, ``"hutchinson"``, or an object).
+    the ``divergence`` estimator (``"exact"`` by autograd, in memory-bounded chunks; ``"hutchinson"``,
+    with a fresh probe per call drawn from ``generator``; or a Divergence object). The result is
+    differentiable with respect to ``z`` and to the denoiser's parameters whenever autograd is
+    recording (the divergence then keeps its graph: run under ``torch.no_grad()`` for values only).
     ``prior`` defaults to ``N(0, sigma(1)^2 I)``, exact when ``alpha(1) = 0``. For an exact oracle
     the result equals ``oracle.log_marginal(z, full((B, L), t_min))`` as steps grow, whatever the
     path. Derivation: proofs/p11_exact_likelihood.md.

@@ -119,3 +119,47 @@ def test_bad_likelihood_arguments(markov):
         ef.log_likelihood(markov, z, ef.Synchronous(), 4, divergence="trace")
     loglinear = random_markov(3, 3, 2, ef.LogLinear(), 0)
     assert torch.isfinite(ef.log_likelihood(loglinear, z, ef.Synchronous(), 4, t_min=0.0)).all()
+
+
+def test_the_gradient_in_z_is_the_exact_score_at_t_min():
+    """d log p_{t_min}(z) / dz through the flow (exact divergence, kept graph) against two closed forms:
+    autograd of the oracle's log p_tau(z), and Tweedie's score (alpha ehat - z) / sigma^2 with its exact ehat."""
+    from evoflow.field import Field
+    from evoflow.process import score
+
+    oracle = random_markov(3, 3, 2, ef.Cosine(), seed=4)
+    z, _ = _data(oracle, 0.2, seed=4)
+    tau = torch.full(z.shape[:2], 0.2, dtype=F64)
+    z = z.requires_grad_(True)
+    dopri = ef.solvers.get("torchdiffeq:dopri5", rtol=1e-10, atol=1e-10)
+    (got,) = torch.autograd.grad(ef.log_likelihood(oracle, z, ef.Staircase(1), 3, solver=dopri, t_min=0.2).sum(), z)
+    (closed,) = torch.autograd.grad(oracle.log_marginal(z, tau).sum(), z)
+    tweedie = score(z.detach(), Field(oracle)(z.detach(), tau).ehat, tau, oracle.schedule)
+    assert torch.allclose(closed, tweedie, atol=1e-10)  # the two exact answers agree
+    assert float(closed.abs().max()) > 0.5  # a score worth matching (the issue saw entries up to 10.7)
+    assert torch.allclose(got, closed, atol=1e-6), (got - closed).abs().max()
+
+
+def test_the_hutchinson_gradient_averages_to_the_exact_divergence_gradient(markov):
+    z, _ = _data(markov, 0.2, seed=0, B=1)
+    common = dict(path=ef.Synchronous(), steps=8, solver="rk4", t_min=0.2)
+
+    def grad(**kw):
+        zz = z.clone().requires_grad_(True)
+        return torch.autograd.grad(ef.log_likelihood(markov, zz, **common, **kw).sum(), zz)[0]
+
+    exact = grad(divergence="exact")
+    draws = torch.stack([grad(divergence="hutchinson", generator=torch.Generator().manual_seed(k))
+                         for k in range(100)])
+    se = draws.std(0) / 10
+    assert float(draws.std(0).max()) > 1e-3
+    assert bool(((draws.mean(0) - exact).abs() <= 4 * se + 1e-9).all())
+
+
+def test_values_only_under_no_grad(markov):
+    z, _ = _data(markov, 0.2, seed=0)
+    z = z.requires_grad_(True)
+    with torch.no_grad():
+        lp = ef.log_likelihood(markov, z, ef.Synchronous(), 4, t_min=0.2)
+    assert not lp.requires_grad
+    assert ef.log_likelihood(markov, z, ef.Synchronous(), 4, t_min=0.2).requires_grad

@@ -42,26 +42,32 @@ Rope = tuple[Tensor, Tensor]  # cos, sin: (L, head_dim / 2) each
 Modulation = tuple[Tensor, ...]  # b1, b2, s1, s2, g1, g2: (B, L, width) each
 
 
-def rope_tables(positions: Tensor, head_dim: int, theta: float) -> Rope:
-    """Rotary angles ``p * theta^(-2k / head_dim)`` for k < head_dim / 2, as cos and sin (L, head_dim / 2)."""
-    freqs = theta ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
-    angles = positions.to(torch.float32)[:, None] * freqs[None, :]
+def rope_tables(positions: Tensor, head_dim: int, theta: float, dtype: torch.dtype = torch.float32) -> Rope:
+    """Rotary angles ``p * theta^(-2k / head_dim)`` for k < head_dim / 2, as cos and sin (L, head_dim / 2),
+    in ``dtype`` (float32, or float64 for a float64 model)."""
+    freqs = theta ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=dtype) / head_dim)
+    angles = positions.to(dtype)[:, None] * freqs[None, :]
     return angles.cos(), angles.sin()
 
 
 def apply_rope(x: Tensor, rope: Rope) -> Tensor:
-    """Rotate pairs ``(x_k, x_{k + hd/2})`` by the position's angles, in float32; x (B, H, L, hd)."""
+    """Rotate pairs ``(x_k, x_{k + hd/2})`` by the position's angles, in the tables' precision; x (B, H, L, hd)."""
     cos, sin = rope
-    x1, x2 = x.float().chunk(2, dim=-1)
+    x1, x2 = x.to(cos.dtype).chunk(2, dim=-1)
     return torch.cat([x1 * cos - x2 * sin, x1 * sin + x2 * cos], dim=-1).to(x.dtype)
 
 
-def sinusoid(t: Tensor, n: int) -> Tensor:
-    """Sinusoidal features of times: ``[cos(1000 t w_k), sin(1000 t w_k)]``, ``w_k = 10^(-4k / (n/2))``; (B, L, n)."""
+def sinusoid(t: Tensor, n: int, dtype: torch.dtype = torch.float32) -> Tensor:
+    """Sinusoidal features of times: ``[cos(1000 t w_k), sin(1000 t w_k)]``, ``w_k = 10^(-4k / (n/2))``; (B, L, n),
+    computed in ``dtype`` (float32, or float64 for a float64 model)."""
     half = n // 2
-    w = torch.exp(-math.log(1e4) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
-    angles = 1000.0 * t.to(torch.float32)[..., None] * w
+    w = torch.exp(-math.log(1e4) * torch.arange(half, device=t.device, dtype=dtype) / half)
+    angles = 1000.0 * t.to(dtype)[..., None] * w
     return torch.cat([angles.cos(), angles.sin()], dim=-1)
+
+
+def _at_least_float32(dtype: torch.dtype) -> torch.dtype:
+    return torch.promote_types(dtype, torch.float32)
 
 
 class Attention(nn.Module):
@@ -143,7 +149,8 @@ class TimeEmbedding(nn.Module):
         self.fc2 = nn.Linear(cfg.time_width, 6 * cfg.width)
 
     def forward(self, tau: Tensor) -> Modulation:
-        features = sinusoid(tau, self.freqs).to(self.fc1.weight.dtype)  # (B, L, time_freqs)
+        wt = self.fc1.weight.dtype
+        features = sinusoid(tau, self.freqs, _at_least_float32(wt)).to(wt)  # (B, L, time_freqs)
         return self.fc2(F.silu(self.fc1(features))).split(self.width, dim=-1)  # 6 x (B, L, width)
 
 
@@ -209,7 +216,8 @@ class EvoTransformer(nn.Module):
     def forward(
         self, z: Tensor, tau: Tensor, attention: AttentionPattern | None = None, cache: FrontierCache | None = None
     ) -> DenoiserOutput:
-        """Logits (B, L, V) in float32 and time estimates (B, L) for latents z (B, L, d_latent) at times tau (B, L).
+        """Logits (B, L, V) in float32 (float64 for a float64 model) and time estimates (B, L) for latents
+        z (B, L, d_latent) at times tau (B, L).
 
         With a ``cache`` holding the committed prefix, ``z`` and ``tau`` cover positions
         ``cache.length ..`` only; the leading committed tokens of this chunk join the cache.
@@ -218,7 +226,8 @@ class EvoTransformer(nn.Module):
         self._check_inputs(z, tau, pattern, cache)
         offset = 0 if cache is None else cache.length
         positions = torch.arange(offset, offset + z.shape[1], device=z.device)
-        rope = rope_tables(positions, self.config.head_dim, self.config.rope_theta)
+        exact = _at_least_float32(self.norm.weight.dtype)  # positions, angles and logits: float32 or better
+        rope = rope_tables(positions, self.config.head_dim, self.config.rope_theta, exact)
         mask = pattern.mask(tau, offset)  # (B, 1, L, offset + L) or None
         h = z.to(self.norm.weight.dtype)  # (B, L, d_latent)
         if self.proj_in is not None:
@@ -227,8 +236,8 @@ class EvoTransformer(nn.Module):
         for i, block in enumerate(self.blocks):
             h = block(h, rope, mask, mod, None if cache is None else cache.layers[i])
         h = self.norm(h)
-        that = torch.sigmoid(self.time_head(h).squeeze(-1).float())  # (B, L)
-        out = DenoiserOutput(logits=self.head(h).float(), time=that)
+        that = torch.sigmoid(self.time_head(h).squeeze(-1).to(exact))  # (B, L)
+        out = DenoiserOutput(logits=self.head(h).to(exact), time=that)
         if cache is not None:
             cache.commit(leading_committed(tau))
         return out
