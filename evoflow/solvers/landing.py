@@ -36,6 +36,7 @@ Derivation: proofs/p02_path_invariance.md (the ODE of C2), THEORY section 3 (the
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
@@ -47,7 +48,7 @@ __all__ = ["LOG_SNR_FLOOR", "STIFFNESS", "regular_point", "stiffness_rate"]
 
 STIFFNESS = 1.0  # largest stiffness number (t_from - t) sigma'(t)/sigma(t) of a fixed step near the clean end
 LOG_SNR_FLOOR = 2.0 * math.log(1e3)  # logSNR above which steps are exponential (sigma / alpha < 1e-3)
-_BISECTIONS = 60
+_BISECTIONS = 50
 
 
 def stiffness_rate(schedule: Schedule, t: Tensor) -> Tensor:
@@ -56,13 +57,13 @@ def stiffness_rate(schedule: Schedule, t: Tensor) -> Tensor:
     return torch.where(sg > 0, schedule.dsigma(t) / torch.where(sg > 0, sg, torch.ones_like(sg)), math.inf)
 
 
-def _floor_time(schedule: Schedule, like: Tensor) -> Tensor:
+@functools.lru_cache(maxsize=64)
+def _floor(schedule: Schedule) -> float:
     """The time at which logSNR reaches the floor (0 when the schedule never gets there)."""
     lam0 = schedule.log_snr(torch.zeros((), dtype=torch.float64))
     if not float(lam0) > LOG_SNR_FLOOR:
-        return torch.zeros((), dtype=like.dtype, device=like.device)
-    lam = torch.tensor(LOG_SNR_FLOOR, dtype=torch.float64)
-    return schedule.t_of_log_snr(lam).to(dtype=like.dtype, device=like.device)
+        return 0.0
+    return float(schedule.t_of_log_snr(torch.tensor(LOG_SNR_FLOOR, dtype=torch.float64)))
 
 
 def _stable_point(schedule: Schedule, t_from: Tensor, t_to: Tensor) -> Tensor:
@@ -70,17 +71,22 @@ def _stable_point(schedule: Schedule, t_from: Tensor, t_to: Tensor) -> Tensor:
 
     ``f(t) = (t_from - t) a(t)`` decreases in t (both factors do for a log-concave sigma), so the
     condition holds on ``[t_reg, t_from]``; where it already holds at ``t_to``, ``t_reg = t_to``.
+    When every stiff token takes the same step (a synchronous batch), the bisection runs once.
     """
     stiff = (t_from - t_to) * stiffness_rate(schedule, t_to) > STIFFNESS
     if not bool(stiff.any()):
         return t_to
-    lo, hi = t_to[stiff], t_from[stiff]  # f(lo) > STIFFNESS >= f(hi) = 0
+    start, lo = t_from[stiff], t_to[stiff]
+    shared = bool((start == start[0]).all() and (lo == lo[0]).all())
+    if shared:  # one step for every stiff token (a synchronous batch): bisect once
+        start, lo = start[:1], lo[:1]
+    hi = start  # f(lo) > STIFFNESS >= f(hi) = 0
     for _ in range(_BISECTIONS):
         mid = 0.5 * (lo + hi)
-        bad = (t_from[stiff] - mid) * stiffness_rate(schedule, mid) > STIFFNESS
+        bad = (start - mid) * stiffness_rate(schedule, mid) > STIFFNESS
         lo, hi = torch.where(bad, mid, lo), torch.where(bad, hi, mid)
     out = t_to.clone()
-    out[stiff] = hi
+    out[stiff] = hi.expand(int(stiff.sum())) if shared else hi
     return out
 
 
@@ -95,8 +101,8 @@ def regular_point(schedule: Schedule, t_from: Tensor, t_to: Tensor, adaptive: bo
     down = t_to < t_from
     if not bool(down.any()):
         return t_to
-    floor = _floor_time(schedule, t_to)
-    t_reg = torch.where(down & (t_to < floor), torch.minimum(floor.expand_as(t_from), t_from), t_to)
+    floor = _floor(schedule)
+    t_reg = torch.where(down & (t_to < floor), t_from.clamp(max=floor), t_to)
     if not adaptive:
         t_reg = torch.maximum(t_reg, torch.where(down, _stable_point(schedule, t_from, t_to), t_to))
     return t_reg
