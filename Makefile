@@ -1,13 +1,17 @@
 # The README's two commands. Each creates .venv on first use and reuses it after.
+# torch: the CPU pin is installed only when .venv has no torch yet, so a GPU build installed
+# into .venv beforehand (see the README) is kept.
 VENV  := .venv
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+TORCH := torch==2.13.0
 
 .PHONY: demo test lint bench clean
 
 $(STAMP): pyproject.toml
-	python3 -m venv $(VENV)
-	$(VENV)/bin/pip install torch==2.13.0 -e '.[dev]'
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -c "import torch" 2>/dev/null || $(VENV)/bin/pip install $(TORCH)
+	$(VENV)/bin/pip install -e '.[dev]'
 	touch $(STAMP)
 
 demo: $(STAMP)
@@ -25,6 +29,7 @@ bench: $(STAMP)
 	$(PY) -m bench.bench_solve
 	$(PY) -m bench.bench_batching
 	$(PY) -m bench.bench_estimators
+	$(PY) -m bench.bench_edges
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

@@ -4,8 +4,8 @@ Every token carries its own progression time ``t_i`` in [0, 1] (0 clean, 1 noise
 maps ``(z, tau)`` to per-token logits; :mod:`evoflow.process` turns them into the shared vector
 field of claim C1; paths through the time cube (AR staircase, diffusion diagonal, rolling
 windows) are integrated by pluggable solvers (C2); the unified ELBO (C3-C10) and the exact
-likelihood (C11) are checked against exact oracles. See THEORY.md in the design folder and
-``proofs/``. This package never imports :mod:`evoflow.nn`.
+likelihood (C11) are checked against exact oracles. See docs/theory.md (the specification),
+docs/architecture.md (the layout) and ``proofs/``. This package never imports :mod:`evoflow.nn`.
 """
 
 from evoflow import solvers

@@ -1,4 +1,4 @@
-"""Every public name has a docstring that cites the part of THEORY.md it implements."""
+"""Every public name has a docstring that cites the part of docs/theory.md it implements."""
 
 import importlib
 import inspect

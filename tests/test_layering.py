@@ -1,4 +1,4 @@
-"""The dependency direction of ARCHITECTURE.md, checked on the source with an AST scan."""
+"""The dependency direction of docs/architecture.md, checked on the source with an AST scan."""
 
 import ast
 import pathlib
