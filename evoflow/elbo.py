@@ -12,7 +12,10 @@ continuous-time NELBO (claims C4, C9) replaces the sum by
     int_0^1 sum_i 1/2 (-SNR'(t_i(s))) (-dt_i/ds) E||e_{x_i} - ehat_i||^2 ds,
 
 estimated by sampling s (and the path) with the samplers of :mod:`evoflow.estimators`.
-Everything is in nats per sequence; :func:`bits_per_token` converts. Every figure here is a bound
+Everything is in nats per sequence; :func:`bits_per_token` converts (per scored token: prompt
+columns are not counted). ``prior`` replaces the Gaussian prior ``N(0, sigma(1)^2 I)`` by an exact
+log-density (e.g. an oracle's ``log p_1``) where ``alpha(1) > 0`` makes the Gaussian one approximate;
+the prior term is then estimated on the trajectory's own noise-end latents. Every figure here is a bound
 only because it is a path estimator (claim C9); per-token independent times are not.
 Derivation: proofs/p03_gaussian_step_kl.md ... proofs/p10_ce_surrogate.md.
 """
@@ -20,18 +23,21 @@ Derivation: proofs/p03_gaussian_step_kl.md ... proofs/p10_ce_surrogate.md.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor
 
+from evoflow.arguments import as_int
 from evoflow.estimators import LogSNRImportance, PathDistribution, SSampler, Uniform
 from evoflow.kernels import GaussianKernel, Kernel, gaussian_step_kl
 from evoflow.paths import Path, as_grid, grid_times, to_times
 from evoflow.process import DenoiserOutput, check_denoiser, check_output, check_tokens, denoised, q_forward, q_sample
 from evoflow.schedules import Schedule
 from evoflow.solve import check_t_min
+
+Prior = Callable[[Tensor, Tensor], Tensor]  # (z (B, L, d), tau (B, L)) -> log density (B,)
 
 __all__ = [
     "ContinuousNELBO",
@@ -50,8 +56,15 @@ __all__ = [
 ]
 
 
-def bits_per_token(nats: Tensor, length: int) -> Tensor:
-    """Convert per-sequence nats to bits per token: ``nats / (length ln 2)`` (THEORY section 5)."""
+def bits_per_token(nats: Tensor, length: int | Tensor) -> Tensor:
+    """Convert per-sequence nats to bits per token: ``nats / (length ln 2)`` (THEORY section 5).
+
+    ``length`` is the number of scored tokens: an int, or a tensor broadcasting against ``nats`` (one
+    count per sequence); a sequence with no scored token gives NaN (no token, no rate).
+    """
+    if isinstance(length, Tensor):
+        count = length.to(torch.float64)
+        return torch.where(count > 0, nats / (count.clamp_min(1.0) * math.log(2.0)), math.nan)
     return nats / (length * math.log(2.0))
 
 
@@ -115,7 +128,8 @@ class NELBOResult:
     """Per-sequence NELBO in nats (B,) with its parts: ``prior`` (B,), per-step per-token terms
     (THEORY section 5, C3-C8)
     ``step_terms`` (K, B, L), ``recon`` (B,); ``stderr`` (B,) over the ``samples`` trajectories
-    (NaN for one sample); ``nfe`` network calls."""
+    (NaN for one sample); ``nfe`` network calls; ``tokens`` (B,) the scored tokens per sequence (those
+    that move; prompt columns do not), None for all L."""
 
     total: Tensor
     prior: Tensor
@@ -124,6 +138,7 @@ class NELBOResult:
     stderr: Tensor
     samples: int
     nfe: int
+    tokens: Tensor | None = None
 
     @property
     def steps(self) -> Tensor:
@@ -131,18 +146,43 @@ class NELBOResult:
         return self.step_terms.sum(-1)
 
     def bits_per_token(self) -> Tensor:
-        """``total`` in bits per token, (B,)."""
-        return bits_per_token(self.total, self.step_terms.shape[-1])
+        """``total`` in bits per scored token, (B,): prompt columns are conditioned on, not scored."""
+        return bits_per_token(self.total, self.step_terms.shape[-1] if self.tokens is None else self.tokens)
 
 
-def _check_common(denoiser, x, samples, t_min) -> tuple[Tensor, int, float]:
+def _check_common(denoiser, x, samples, t_min, name: str = "samples") -> tuple[Tensor, int, float]:
+    """Validate the denoiser, the token ids, the count (called ``name`` in messages) and ``t_min``."""
     check_denoiser(denoiser)
     x = check_tokens(x, denoiser.embeddings.shape[0])
     if x.ndim != 2:
         raise ValueError(f"x must have shape (B, L), got {tuple(x.shape)}")
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise ValueError(f"samples must be an int >= 1, got {samples!r}")
+    samples = as_int(samples, name, minimum=1)
     return x, samples, check_t_min(t_min)
+
+
+def _check_prior(prior) -> None:
+    if prior is not None and not callable(prior):
+        raise TypeError(f"prior must be None or a callable (z, tau) -> log density (B,), got {prior!r}")
+
+
+def _sampled_prior(x: Tensor, z: Tensor, tau: Tensor, embeddings: Tensor, schedule: Schedule,
+                   prior: Prior) -> Tensor:
+    """``log q(z | x, tau) - log prior(z, tau)`` over the tokens at t = 1, one value per row (B,).
+
+    The single-sample estimate of ``KL(q(z^0 | x) || prior)`` on the trajectory's own ``z^0``; with the
+    exact marginal ``p_1`` as prior the NELBO of an exact model stays exact per trajectory (C7).
+    """
+    noisy = tau == 1
+    a, sg = schedule.alpha(tau)[..., None], schedule.sigma(tau)
+    safe = torch.where(noisy, sg, torch.ones_like(sg)).to(torch.float64)
+    d = z.shape[-1]
+    sq = ((z.to(torch.float64) - a * embeddings.to(torch.float64)[x]) ** 2).sum(-1)
+    log_q = -0.5 * sq / safe**2 - d * torch.log(safe) - 0.5 * d * math.log(2 * math.pi)
+    value = prior(z, tau)
+    if not isinstance(value, Tensor) or value.shape != z.shape[:1]:
+        raise ValueError(f"prior must return a log density of shape ({z.shape[0]},), got "
+                         f"{tuple(getattr(value, 'shape', ()))}")
+    return (log_q * noisy).sum(-1) - value.to(torch.float64)
 
 
 def _finite(value: Tensor, what: str) -> Tensor:
@@ -160,7 +200,7 @@ def _mean_and_stderr(values: Tensor, samples: int, batch: int) -> tuple[Tensor, 
 
 def nelbo(denoiser, x: Tensor, path: Path | Sequence[Path] | Tensor, steps: int | None = None,
           kernel: Kernel | None = None, t_min: float = 0.01, samples: int = 1,
-          generator: torch.Generator | None = None) -> NELBOResult:
+          generator: torch.Generator | None = None, prior: Prior | None = None) -> NELBOResult:
     """Discrete-time NELBO (nats, per sequence) of token ids ``x`` (B, L) along ``path`` (THEORY section 5).
 
     ``kernel``: :class:`~evoflow.kernels.GaussianKernel` (default; closed-form step KL, C3) or
@@ -168,9 +208,12 @@ def nelbo(denoiser, x: Tensor, path: Path | Sequence[Path] | Tensor, steps: int 
     an exact posterior, C7). Path time t maps to ``t_min + (1 - t_min) t``; prompt columns of a grid
     (0 throughout) stay clean at 0, which makes the result the conditional NELBO of the other tokens
     given the prompt. The schedule is the denoiser's. ``samples`` independent trajectories per
-    sequence give the mean and its standard error.
+    sequence give the mean and its standard error. ``prior`` (default: ``N(0, sigma(1)^2 I)``, closed-form
+    KL) is a callable ``(z, tau) -> log density (B,)`` of the tokens at t = 1; the prior term is then
+    ``log q(z^0 | x) - log prior(z^0)`` on the trajectory's own ``z^0`` (exact prior for ``alpha(1) > 0``).
     """
     x, samples, t_min = _check_common(denoiser, x, samples, t_min)
+    _check_prior(prior)
     kernel = GaussianKernel() if kernel is None else kernel
     if not isinstance(kernel, Kernel):
         raise TypeError(f"kernel must be a Kernel object (GaussianKernel(), MixtureKernel()), got {kernel!r}")
@@ -196,12 +239,16 @@ def nelbo(denoiser, x: Tensor, path: Path | Sequence[Path] | Tensor, steps: int 
             nfe += 1
             terms[k] = kernel.step_terms(xs, out, z_t, z, times[k], times[k + 1], sch, E).to(torch.float64)
         z = z_t
-    prior = prior_kl(xs, E, sch, noisy=times[0] == 1)
-    total = _finite(prior + terms.sum((0, 2)) + recon, "nelbo")
+    if prior is None:
+        prior_term = prior_kl(xs, E, sch, noisy=times[0] == 1)
+    else:
+        prior_term = _sampled_prior(xs, z, times[0], E, sch, prior)
+    total = _finite(prior_term + terms.sum((0, 2)) + recon, "nelbo")
     mean, se = _mean_and_stderr(total, samples, B)
     split = terms.reshape(K, samples, B, L).mean(1)
-    return NELBOResult(total=mean, prior=prior[:B], step_terms=split, recon=recon.reshape(samples, B).mean(0),
-                       stderr=se, samples=samples, nfe=nfe)
+    return NELBOResult(total=mean, prior=prior_term.reshape(samples, B).mean(0), step_terms=split,
+                       recon=recon.reshape(samples, B).mean(0), stderr=se, samples=samples, nfe=nfe,
+                       tokens=(times[0, :B] > 0).sum(-1))
 
 
 @dataclass
@@ -269,15 +316,17 @@ def _check_finite_snr(schedule: Schedule, t_min: float, what: str) -> None:
 
 def continuous_nelbo(denoiser, x: Tensor, path: Path | Sequence[Path] | PathDistribution,
                      sampler: SSampler | None = None, samples: int = 8, t_min: float = 0.01,
-                     generator: torch.Generator | None = None) -> ContinuousNELBO:
+                     generator: torch.Generator | None = None, prior: Prior | None = None) -> ContinuousNELBO:
     """Continuous-time NELBO of ``x`` (B, L) over a distribution of paths (claims C4, C9).
 
     Per sequence: draw a path, then ``samples`` values of s with ``sampler`` (uniform by default;
     antithetic, stratified, logSNR-importance), evaluate the denoiser once per value on
     ``z ~ q(z | x, tau(s))``, and average ``continuous_integrand / r(s)``. Unbiased for the
-    path-averaged continuous NELBO, which is itself a bound (C9). Derivation: proofs/p09_path_mixtures.md.
+    path-averaged continuous NELBO, which is itself a bound (C9). ``prior`` as in :func:`nelbo` (its term
+    then estimated on one draw of ``z^0 ~ q(z | x, 1)``). Derivation: proofs/p09_path_mixtures.md.
     """
     x, samples, t_min = _check_common(denoiser, x, samples, t_min)
+    _check_prior(prior)
     sampler = Uniform() if sampler is None else sampler
     if not isinstance(sampler, SSampler):
         raise TypeError(f"sampler must be an SSampler object (Uniform(), Antithetic(), ...), got {sampler!r}")
@@ -289,10 +338,14 @@ def continuous_nelbo(denoiser, x: Tensor, path: Path | Sequence[Path] | PathDist
     f = _finite(f, "continuous_nelbo")
     t_end = torch.full((B, L), t_min, dtype=torch.float64, device=E.device)
     recon = reconstruction(denoiser, x, q_sample(x, t_end, E, sch, generator).to(E.dtype), t_end)
-    prior = prior_kl(x, E, sch)
+    if prior is None:
+        prior_term = prior_kl(x, E, sch)
+    else:
+        ones = torch.ones((B, L), dtype=torch.float64, device=E.device)
+        prior_term = _sampled_prior(x, q_sample(x, ones, E, sch, generator).to(E.dtype), ones, E, sch, prior)
     integral = f.mean(1)
     se = f.std(1) / math.sqrt(samples) if samples > 1 else torch.full_like(f[:, 0], math.nan)
-    return ContinuousNELBO(total=prior + integral + recon, integral=integral, prior=prior, recon=recon,
+    return ContinuousNELBO(total=prior_term + integral + recon, integral=integral, prior=prior_term, recon=recon,
                            stderr=se, per_call=f, nfe=1 + (0 if hasattr(denoiser, "log_posterior") else 1))
 
 
@@ -309,7 +362,7 @@ def fit_log_snr_profile(denoiser, x: Tensor, path, t_min: float = 0.01, calls: i
     ``r ~ sqrt(E f^2)`` (improved-DDPM style) for synchronous and one-token-at-a-time paths alike.
     The pilot is independent of later estimates, so they stay unbiased. Derivation: proofs/p09_path_mixtures.md.
     """
-    x, calls, t_min = _check_common(denoiser, x, calls, t_min)
+    x, calls, t_min = _check_common(denoiser, x, calls, t_min, name="calls")
     sch, E = denoiser.schedule, denoiser.embeddings
     L = x.shape[1]
     xs, tau, dtau, _, ehat = _evaluate_on_paths(denoiser, x, path, Uniform(), calls, t_min, generator)

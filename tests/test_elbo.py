@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import evoflow as ef
-from evoflow.elbo import ce_surrogate, embedding_diameter
+from evoflow.elbo import ce_surrogate, embedding_diameter, fit_log_snr_profile
 from evoflow.paths import log_snr_spacing, refine
 from evoflow.process import posterior_mean
 from tests.strategies import random_markov, random_table, seeds
@@ -186,3 +186,53 @@ def test_prompt_columns_give_the_conditional_nelbo(kernel):
         gap = float((p * (r.total - conditional)).sum())
         assert gap > 4 * float((p**2 * r.stderr**2).sum().sqrt())
     assert (r.step_terms[:, :, :2] == 0).all()  # the prompt never moves
+
+
+def test_fit_log_snr_profile_names_calls(markov):
+    x = torch.tensor([[0, 1, 2]])
+    with pytest.raises(ValueError, match="calls must be an integer >= 1"):
+        fit_log_snr_profile(markov, x, ef.Synchronous(), calls=0)
+
+
+def test_bits_per_token_counts_only_the_scored_tokens():
+    """With a two-token prompt only the two moving tokens are scored: along the AR staircase of the rest the
+    mixture NELBO is exactly -log p(x_rest | x_prompt) (C7), so the rate per scored token is known in closed form."""
+    oracle = random_markov(3, 4, 2, ef.Cosine(), seed=6)
+    x = _all_x(3, 4)
+    grid = torch.cat([torch.zeros(3, 2, dtype=F64), ef.Staircase(1).grid(2, 2)], dim=1)
+    r = ef.nelbo(oracle, x, grid, kernel=ef.MixtureKernel(), t_min=0.05, generator=torch.Generator().manual_seed(0))
+    conditional = -oracle.log_conditionals(x)[:, 2:].sum(-1)
+    assert (r.tokens == 2).all()
+    assert torch.allclose(r.bits_per_token(), conditional / (2 * math.log(2)), atol=1e-9)
+    assert not torch.allclose(r.bits_per_token(), conditional / (4 * math.log(2)), atol=1e-3)  # the old divisor
+
+
+def test_an_exact_prior_makes_the_ar_nelbo_exact_when_alpha_one_is_positive():
+    """loglinear has alpha(1) > 0, so N(0, sigma(1)^2 I) is not the law of z^0: with the oracle's own log p_1 as
+    prior the Staircase(1) mixture NELBO is -log p(x) with zero variance again (C7); without it, it is not."""
+    oracle = random_markov(3, 3, 2, ef.LogLinear(), seed=5)
+    x = _all_x(3, 3)
+    kw = {"kernel": ef.MixtureKernel(), "t_min": 0.05, "samples": 4}
+    g = torch.Generator().manual_seed(1)
+    exact = ef.nelbo(oracle, x, ef.Staircase(1), 6, prior=oracle.log_marginal, generator=g, **kw)
+    assert torch.allclose(exact.total, -oracle.log_prob(x), rtol=0, atol=1e-8) and exact.stderr.max() < 1e-8
+    gaussian = ef.nelbo(oracle, x, ef.Staircase(1), 6, generator=torch.Generator().manual_seed(1), **kw)
+    assert (gaussian.total + oracle.log_prob(x)).abs().max() > 1e-4
+
+
+def test_continuous_nelbo_with_the_exact_prior_is_tight_on_average():
+    """C6 for alpha(1) > 0: the continuous NELBO with the exact prior and joint decoder averages to -log p(x)."""
+    oracle = random_markov(3, 3, 2, ef.LogLinear(), seed=5)
+    x = torch.tensor([[0, 1, 2], [2, 2, 1]])
+    r = ef.continuous_nelbo(oracle, x.repeat(2048, 1), ef.Synchronous(), samples=8, t_min=0.2,
+                            prior=oracle.log_marginal, generator=torch.Generator().manual_seed(0))
+    total = r.total.reshape(2048, 2)
+    assert ((total.mean(0) + oracle.log_prob(x)).abs() < 4 * total.std(0) / math.sqrt(2048)).all()
+
+
+def test_a_bad_prior_is_refused(markov):
+    x = torch.tensor([[0, 1, 2]])
+    with pytest.raises(TypeError, match="prior"):
+        ef.nelbo(markov, x, ef.Synchronous(), 2, prior="exact")
+    with pytest.raises(ValueError, match="prior must return"):
+        ef.nelbo(markov, x, ef.Synchronous(), 2, prior=lambda z, tau: z.sum(-1))

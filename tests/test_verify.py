@@ -1,35 +1,76 @@
-"""evoflow verify: all claims hold on fresh oracles, the JSON output, the exit status."""
+"""evoflow verify: the claims hold on fresh oracles, the JSON output, the exit status, the report's sentences."""
 
 import json
+import math
 
 import pytest
 
 import evoflow.verify as verify
 from evoflow.cli import main
+from evoflow.verify.mixture import check_c7, check_c8
+from evoflow.verify_report import reading, verdict_line
 
 
 @pytest.mark.parametrize("args", [["--seed", "1"], ["--schedule", "linear", "--seed", "2", "--vocab", "4"]])
 def test_verify_passes_and_reports(args, tmp_path, capsys):
-    assert main(["verify", *args, "--json", "--out", str(tmp_path)]) == 0
+    assert main(["verify", *args, "--json", "--quiet", "--out", str(tmp_path)]) == 0
     out = json.loads(capsys.readouterr().out)
     claims = {row["claim"] for row in out["claims"]}
     assert {f"C{i}" for i in range(1, 13)} <= claims
-    assert out["passed"] and all(row["verdict"] in ("pass", "n/a") for row in out["claims"])
+    assert out["passed"] and all(row["verdict"] == "pass" for row in out["claims"])  # alpha(1) = 0: nothing n/a
     (run,) = tmp_path.iterdir()
-    assert "| C7 |" in (run / "report.md").read_text()
+    report = (run / "report.md").read_text()
+    assert "| C7 |" in report and f"Verdict: all {len(out['claims'])} checked rows hold." in report
     assert (run / "nelbo_vs_steps.png").exists() and (run / "estimator_variance.png").exists()
 
 
-def test_claims_that_assume_an_exact_prior_are_not_applicable_for_loglinear():
+def test_loglinear_runs_c7_with_the_exact_prior_and_says_why_the_jump_row_cannot():
     ctx = verify.make_context(verify.Settings(schedule="loglinear"))
-    rows = verify.check_c7(ctx)
-    assert all(r.verdict == "n/a" for r in rows) and rows[0].measured > 1e-6  # alpha(1) > 0: not exact
+    exact_prior, jumps = check_c7(ctx)
+    # with log p_1 as prior the per-trajectory NELBO telescopes to -log p(x) (THEORY C7), alpha(1) or not
+    assert exact_prior.verdict == "pass" and exact_prior.measured < 1e-8
+    # the jump limit conditions on tokens at t = 1, which carry information unless alpha(1) = 0
+    alpha1 = math.sqrt(1 / (1 + math.exp(12.0)))  # loglinear: alpha(1)^2 = sigmoid(gamma_min = -12)
+    assert jumps.verdict == "n/a" and f"alpha(1) = {alpha1:.3g}" in jumps.note and jumps.measured > 1e-6
+    marginals, falls = check_c8(ctx)
+    assert marginals.verdict == "n/a" and "alpha(1) = 0" in marginals.note
+    assert falls.verdict == "pass"  # the parallel-step gap needs only an exact prior
+
+
+@pytest.mark.parametrize(("field", "value"), [("vocab", 1), ("length", 1), ("dim", 0), ("schedule", "nope")])
+def test_degenerate_settings_are_refused_naming_the_field(field, value):
+    with pytest.raises(ValueError, match=field):
+        verify.make_context(verify.Settings(**{field: value}))
 
 
 def test_a_failing_claim_makes_the_exit_status_one(monkeypatch, tmp_path, capsys):
     def broken(ctx):
         return verify.ClaimResult("C3", "deliberately wrong", 1.0, "< 1e-9", "FAIL")
 
-    monkeypatch.setattr(verify, "CHECKS", (broken,))
+    monkeypatch.setattr(verify, "CHECKS", (broken, verify.check_c10))
     assert main(["verify", "--out", str(tmp_path)]) == 1
-    assert "SOME CLAIMS FAILED" in capsys.readouterr().out
+    assert "Verdict: 1 of 2 checked rows FAILED (C3)." in capsys.readouterr().out
+    (run,) = tmp_path.iterdir()
+    assert "- C3, the Gaussian step KL is 1/2 (SNR_s - SNR_t) |e - ehat|^2: FAILED." in (run / "report.md").read_text()
+
+
+def test_the_report_sentences_follow_the_verdicts():
+    rows = [verify.ClaimResult("C7", "a", 0.0, "< 1", "pass"), verify.ClaimResult("C7", "b", 2.0, "< 1", "n/a", "why"),
+            verify.ClaimResult("C8", "c", 3.0, "< 1", "n/a", "why")]
+    assert verdict_line(rows) == "Verdict: all 1 checked rows hold; 2 row(s) n/a (see the notes)."
+    lines = reading(rows)
+    assert ": holds where it could run (1 of 2 rows n/a)." in lines[0] and ": could not run." in lines[1]
+    rows[0].verdict = "FAIL"
+    assert verdict_line(rows).startswith("Verdict: 1 of 1 checked rows FAILED (C7)")
+    assert ": FAILED." in reading(rows)[0]
+
+
+def test_run_all_takes_a_subset_and_a_transform():
+    seen = []
+
+    def spy(oracle):
+        seen.append(oracle)
+        return oracle
+
+    rows, series = verify.run_all(verify.Settings(), transform=spy, checks=[verify.check_c3])
+    assert [r.claim for r in rows] == ["C3"] and len(seen) == 1 and series["observations"] == []
