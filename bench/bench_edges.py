@@ -141,8 +141,7 @@ def exact_mem() -> dict:
     out = {"peak growth MiB": round(_peak_mib() - base), "seconds": round(time.perf_counter() - start, 1)}
     from evoflow import field
 
-    div = getattr(field, "ExactDivergence")
-    if "max_bytes" in inspect.signature(div).parameters:
+    if "max_bytes" in inspect.signature(field.ExactDivergence).parameters:
         out["note"] = "chunked under the default budget (a quarter of free memory, at most 1 GiB)"
     return out
 

@@ -103,9 +103,10 @@ class ExactDivergence(Divergence):
     Copy ``n`` of the batch is probed with basis vector ``e_n`` of the ``L d`` coordinates; since copies
     do not interact, ``grad(sum_n <u^(n), e_n>, z^(n))`` holds row n of the Jacobian, whose n-th entry
     is a diagonal element. The first copy alone measures what one copy costs (the allocator's peak on
-    CUDA; on the CPU the bytes autograd saves, scaled for temporaries), once per solve; the basis vectors then go in chunks that fit ``max_bytes``
-    (default :func:`memory_budget`). When one copy exceeds the budget, or, with the graph kept for a
-    gradient, all ``L d`` copies together do, the call is refused before any further work.
+    CUDA; on the CPU the bytes autograd saves, scaled for temporaries), once per solve; the basis vectors
+    then go in chunks that fit ``max_bytes`` (default :func:`memory_budget`). When one copy exceeds the
+    budget, or, with the graph kept for a gradient, all ``L d`` copies together do, the call is refused
+    before any further work.
     """
 
     def __init__(self, max_bytes: int | None = None):

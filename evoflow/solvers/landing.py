@@ -44,7 +44,7 @@ from torch import Tensor
 
 from evoflow.schedules import Schedule
 
-__all__ = ["LOG_SNR_FLOOR", "STIFFNESS", "regular_point", "stiffness_rate"]
+__all__ = ["regular_point", "stiffness_rate"]
 
 STIFFNESS = 1.0  # largest stiffness number (t_from - t) sigma'(t)/sigma(t) of a fixed step near the clean end
 LOG_SNR_FLOOR = 2.0 * math.log(1e3)  # logSNR above which steps are exponential (sigma / alpha < 1e-3)
