@@ -82,17 +82,18 @@ def integrate(field: Field, solver: Solver, state: State, controller: Controller
     """
     grid = controller.plan()
     if solver.whole_path and grid is not None:
-        state, zs = solver.integrate_grid(field, state, grid, generator)
-        times, traj = list(grid), zs
+        state, traj = solver.integrate_grid(field, state, grid, generator, record=record)
+        times, t = list(grid), grid[-1]
     else:
         t = controller.start()
         times, traj = [t], [state.z]
         while (t_to := controller.next(t, state, field)) is not None:
             state = solver.step(field, state, t, t_to, generator)
             t = t_to
-            times.append(t)
-            traj.append(state.z)
-    return SolveResult(z=state.z, tau=times[-1], nfe=field.nfe, logdet=state.logdet,
+            if record:  # the latents of every row are kept only when asked for
+                times.append(t)
+                traj.append(state.z)
+    return SolveResult(z=state.z, tau=t, nfe=field.nfe, logdet=state.logdet,
                        times=torch.stack(times) if record else None, trajectory=torch.stack(traj) if record else None)
 
 

@@ -82,10 +82,10 @@ class Solver:
             return new
         return replace(new, z=torch.where(moving[..., None], new.z, state.z))
 
-    def integrate_grid(self, field: Field, state: State, times: Tensor,
-                       generator: torch.Generator | None = None) -> tuple[State, list[Tensor]]:
-        """For ``whole_path`` solvers: carry ``state`` along the grid ``times`` (K+1, B, L) at once and
-        return the final state and the latents at every row, under the rules of :meth:`step` (C2)."""
+    def integrate_grid(self, field: Field, state: State, times: Tensor, generator: torch.Generator | None = None,
+                       record: bool = False) -> tuple[State, list[Tensor]]:
+        """For ``whole_path`` solvers: carry ``state`` along the grid ``times`` (K+1, B, L) at once, under
+        the rules of :meth:`step` (C2); return the final state and, if ``record``, the latents at every row."""
         raise NotImplementedError(f"{self!r} integrates step by step (whole_path is False)")
 
     def land(self, field: Field, state: State, t_reg: Tensor, t_to: Tensor) -> State:

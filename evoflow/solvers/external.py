@@ -99,9 +99,9 @@ class TorchDiffEq(Solver):
         """One step as one ``odeint`` call (used under adaptive controllers)."""
         return self._odeint(field, state, torch.stack([t_from, t_to]))[0]
 
-    def integrate_grid(self, field: Field, state: State, times: Tensor,
-                       generator: torch.Generator | None = None) -> tuple[State, list[Tensor]]:
-        """Carry ``state`` along the grid ``times`` (K+1, B, L); the latents at every row (C2).
+    def integrate_grid(self, field: Field, state: State, times: Tensor, generator: torch.Generator | None = None,
+                       record: bool = False) -> tuple[State, list[Tensor]]:
+        """Carry ``state`` along the grid ``times`` (K+1, B, L); the latents at every row if ``record`` (C2).
 
         Each smooth run of steps in which something moves is one ``odeint``; a run also ends after a
         step into the clean end, which lands by :meth:`Solver.land`. Frozen tokens are restored
@@ -111,7 +111,8 @@ class TorchDiffEq(Solver):
         zs, k = [state.z], 0
         while k < K:
             if not bool((times[k + 1] != times[k]).any()):  # an idle step: no call
-                zs.append(state.z)
+                if record:
+                    zs.append(state.z)
                 k += 1
                 continue
             j, t_reg = k, None
@@ -131,10 +132,13 @@ class TorchDiffEq(Solver):
             if t_reg is not None:
                 new = self.land(field, new, t_reg, times[j])
                 run = torch.cat([run[:-1], new.z[None]])
+            z = zs[-1]
             for i in range(1, run.shape[0]):  # tokens that did not move keep their latents exactly
-                still = (times[k + i] == times[k + i - 1])[..., None]
-                zs.append(torch.where(still, zs[-1], run[i]))
-            state = State(z=zs[-1], logdet=new.logdet, memory=new.memory)
+                z = torch.where((times[k + i] == times[k + i - 1])[..., None], z, run[i])
+                zs.append(z)
+            if not record:
+                del zs[:-1]
+            state = State(z=z, logdet=new.logdet, memory=new.memory)
             k = j
         return state, zs
 
