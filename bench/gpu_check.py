@@ -12,12 +12,16 @@
 
    N_matmul the weights of every linear layer, 6 V d_latent the posterior-mean product of the
    loss, 12 layers L width the bidirectional attention scores and mixing. Goal: MFU >= 40%.
-3. 8b step: one (then a second) forward + backward + optimizer step of ``8b`` built on the meta
+3. training loop: ``evoflow train``'s own loop (:class:`evoflow.train.loop.Run`: the default path mixture,
+   bf16 autocast, ``torch.compile`` per block) on the standard library's source for ``150m`` and ``1b``, a few
+   steps each: tokens/s (data tokens) and MFU counted with the single-stream FLOPs per data token (a lower
+   bound: two-stream rows process twice the positions).
+4. 8b step: one (then a second) forward + backward + optimizer step of ``8b`` built on the meta
    device, FSDP2 and activation checkpointing (bench/fsdp_step.py): step time and peak memory.
    AdamW keeps 16 bytes per parameter (fp32 weights, gradients and two moments), about 120 GiB
    at 8B, which one H200 holds.
 
-Phases 1-2 and phase 3 each run in a fresh child process, so that each has the whole GPU and
+Phases 1-2, 3 and 4 each run in a fresh child process, so that each has the whole GPU and
 a failure in one still lets the other report. The parent prints one JSON document.
 """
 
@@ -103,6 +107,34 @@ def throughput(args) -> dict:
     }
 
 
+def training_loop(args) -> dict:
+    """Phase 3 (child process): a few steps of the real training loop per size; tokens/s and MFU."""
+    import tempfile
+
+    from evoflow.train.config import TrainConfig
+    from evoflow.train.loop import Run
+
+    cuda = torch.cuda.is_available() and not args.dry_run
+    device = torch.device("cuda" if cuda else "cpu")
+    peak = matmul_peak(device, 8192, torch.bfloat16) if cuda else matmul_peak(device, 256, torch.float32, reps=5)
+    out = {"peak_flops": peak, "runs": []}
+    sizes = ["tiny"] if args.dry_run else ["150m", "1b"]
+    shape = dict(data="pydoc", vocab=512, seq=32, batch=2, steps=3) if args.dry_run else \
+        dict(data="stdlib", vocab=8192, seq=1024, batch=8, steps=args.train_steps)
+    for size in sizes:
+        cfg = TrainConfig(size=size, eval_every=10**6, checkpoint_every=10**6, compile=cuda, **shape)
+        t0 = time.perf_counter()
+        run = Run(cfg, Path(tempfile.mkdtemp()) / size, False, False, print, 0, 1, None)
+        rows = [run._one_step() for _ in range(cfg.steps)]
+        timed = sorted(r["tokens_per_s"] for r in rows[2:]) or [rows[-1]["tokens_per_s"]]
+        tps = timed[len(timed) // 2]
+        fpt = flops_per_token(run.model, cfg.seq)
+        out["runs"].append({"config": size, "tokens_per_s": tps, "mfu": tps * fpt / peak, "loss": rows[-1]["loss"],
+                            "seconds": time.perf_counter() - t0, "batch": cfg.batch, "seq": cfg.seq,
+                            "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if cuda else None})
+    return out
+
+
 def child(cmd: list[str], timeout: float, name: str) -> dict:
     """Run one phase in a fresh process; its last JSON line, or the error."""
     env = {**os.environ, "PYTORCH_CUDA_ALLOC_CONF": "expandable_segments:True"}
@@ -121,7 +153,8 @@ def child(cmd: list[str], timeout: float, name: str) -> dict:
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--dry-run", action="store_true", help="CPU, tiny sizes, no compile: check the code paths")
-    p.add_argument("--phase", choices=["all", "throughput"], default="all", help=argparse.SUPPRESS)
+    p.add_argument("--phase", choices=["all", "throughput", "train"], default="all", help=argparse.SUPPRESS)
+    p.add_argument("--train-steps", type=int, default=8, help="steps of the training-loop phase per size")
     p.add_argument("--config", default="1b", help="configuration for the throughput phase")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--seq", type=int, default=2048)
@@ -142,8 +175,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    if args.phase == "throughput":
-        result = throughput(args)
+    if args.phase in ("throughput", "train"):
+        result = throughput(args) if args.phase == "throughput" else training_loop(args)
         print(json.dumps(result), flush=True)
         return result
     start = time.perf_counter()
@@ -151,22 +184,27 @@ def main(argv=None) -> dict:
     flags += [] if args.compile else ["--no-compile"]
     tp = child([__file__, "--phase", "throughput", "--config", args.config, "--batch", str(args.batch),
                 "--seq", str(args.seq), "--warmup", str(args.warmup), "--steps", str(args.steps), *flags],
-               timeout=0.6 * args.budget, name=args.config)
+               timeout=0.35 * args.budget, name=args.config)
+    loop = child([__file__, "--phase", "train", "--train-steps", str(args.train_steps), *flags],
+                 timeout=0.35 * args.budget, name="training loop")
     big = child([str(BENCH / "fsdp_step.py"), "--config", args.big, "--batch", str(args.big_batch),
                  "--seq", str(args.big_seq), "--steps", "2", *(["--device", "cpu"] if args.dry_run else [])],
                 timeout=max(60.0, args.budget - (time.perf_counter() - start)), name=args.big)
-    results = {"throughput": tp, "sharded_step": big, "total_s": time.perf_counter() - start}
+    results = {"throughput": tp, "training_loop": loop, "sharded_step": big, "total_s": time.perf_counter() - start}
     text = json.dumps(results, indent=1)
     print(text, flush=True)
     if args.out:
         Path(args.out).write_text(text + "\n")
     print(f"\npeak matmul {tp.get('peak_flops', 0) / 1e12:.1f} TFLOP/s | {tp['config']}: "
           f"{tp.get('tokens_per_s', 0):.0f} tokens/s, MFU {100 * tp.get('mfu', 0):.1f}% (goal >= 40%) "
-          f"{tp.get('error', '')} | {big['config']}: steps {big.get('step_s')} s, peak {big.get('peak_mem_gib')} GiB "
-          f"{big.get('error', '')}", flush=True)
+          f"{tp.get('error', '')} | loop: " + ", ".join(f"{r['config']} {r['tokens_per_s']:.0f} tokens/s MFU "
+                                                         f"{100 * r['mfu']:.1f}%" for r in loop.get("runs", []))
+          + f" {loop.get('error', '')} | {big['config']}: steps {big.get('step_s')} s, "
+          f"peak {big.get('peak_mem_gib')} GiB {big.get('error', '')}", flush=True)
     return results
 
 
 if __name__ == "__main__":
     out = main()
-    raise SystemExit(1 if "error" in out.get("throughput", {}) or "error" in out.get("sharded_step", {}) else 0)
+    phases = ("throughput", "training_loop", "sharded_step")
+    raise SystemExit(1 if any("error" in out.get(k, {}) for k in phases) else 0)

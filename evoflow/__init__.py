@@ -9,6 +9,7 @@ docs/architecture.md (the layout) and ``proofs/``. This package never imports :m
 """
 
 from evoflow import solvers
+from evoflow.autoregressive import ar_conditionals, ar_log_likelihood
 from evoflow.elbo import ContinuousNELBO, NELBOResult, continuous_nelbo, nelbo
 from evoflow.estimators import Antithetic, LogSNRImportance, PathDistribution, Stratified, Uniform
 from evoflow.kernels import GaussianKernel, MixtureKernel
@@ -57,6 +58,8 @@ __all__ = [
     "TableOracle",
     "TimeSampler",
     "Uniform",
+    "ar_conditionals",
+    "ar_log_likelihood",
     "continuous_nelbo",
     "flow_log_likelihood",
     "get_schedule",

@@ -1,7 +1,9 @@
 """The evoflow command (docs/theory.md as a program).
 
+  evoflow demo      the main job: verify's summary, train Evo and an AR baseline on text, compare them (C9, C13)
+  evoflow train     train the time-conditioned Transformer; evoflow eval scores a trained run
   evoflow solvers   list the registered solvers: name, kind, order, adaptive
-  evoflow demo      exact log-likelihood error against network calls on a Markov oracle (C2, C11)
+  evoflow study     exact log-likelihood error against network calls on a Markov oracle (C2, C11)
   evoflow verify    check every claim of docs/theory.md on a fresh exact oracle (exit status 1 if one fails)
 
 A bad invocation prints one line naming the argument on stderr and exits with status 2.
@@ -18,6 +20,7 @@ import time
 import torch
 
 from evoflow import solvers as _solvers
+from evoflow.cli_train import add_commands, usage_error
 from evoflow.study import fitted_order, likelihood_study, write_report
 
 __all__ = ["UsageError", "build_parser", "main"]
@@ -89,13 +92,13 @@ def _progress(args: argparse.Namespace) -> bool:
     return not args.quiet and sys.stderr.isatty()
 
 
-def _cmd_demo(args: argparse.Namespace) -> int:
+def _cmd_study(args: argparse.Namespace) -> int:
     torch.set_num_threads(1)  # tiny tensors: threads only add synchronisation
-    outdir = _run_dir(args.out, "demo")
+    outdir = _run_dir(args.out, "study")
     start = time.perf_counter()
     settings = {"vocab": args.vocab, "length": args.length, "dim": 2, "schedule": args.schedule,
                 "t_min": 0.2, "batch": 4, "seed": args.seed}
-    print("evoflow demo: exact log-likelihood through the flow (C11) on a Markov oracle,")
+    print("evoflow study: exact log-likelihood through the flow (C11) on a Markov oracle,")
     print(f"for every deterministic solver along three paths (C2). Settings: {settings}\n")
     rows = likelihood_study(quick=args.quick, progress=_progress(args), **settings)
     print(f"{'solver':<20} {'path':<20} {'NFE : max |error| of log p':<58} slope order")
@@ -105,7 +108,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     for (solver, path), rs in series.items():
         cells = "  ".join(f"{r.nfe:>4}:{r.error:7.1e}" for r in rs)
         print(f"{solver:<20} {path:<20} {cells:<58} {fitted_order(rs):5.2f} {rs[0].order:>5}")
-    report = write_report(rows, outdir, "evoflow demo " + " ".join(sys.argv[2:]), settings)
+    report = write_report(rows, outdir, "evoflow study " + " ".join(sys.argv[2:]), settings)
     print(f"\nreport: {report}\nfigure: {outdir / 'likelihood_vs_nfe.png'}")
     print(f"done in {time.perf_counter() - start:.1f} s")
     return 0
@@ -159,12 +162,13 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("solvers", help="list registered solvers (name, kind, order, adaptive)",
                    description="List the registered solvers: name, kind (ode or sde), order, adaptive (yes or no).",
                    formatter_class=_Formatter).set_defaults(func=_cmd_solvers)
-    demo = sub.add_parser("demo", help="likelihood-error-vs-NFE study on a Markov oracle", formatter_class=_Formatter,
-                          description="Exact log-likelihood through the probability flow (C11) along three paths "
-                                      "(C2) with every deterministic solver: error against network calls.")
-    _oracle_options(demo, vocab=4, length=4, min_length=1)
-    demo.add_argument("--quick", action="store_true", help="two budgets per series instead of five")
-    demo.set_defaults(func=_cmd_demo)
+    study = sub.add_parser("study", help="likelihood-error-vs-NFE study on a Markov oracle", formatter_class=_Formatter,
+                           description="Exact log-likelihood through the probability flow (C11) along three paths "
+                                       "(C2) with every deterministic solver: error against network calls.")
+    _oracle_options(study, vocab=4, length=4, min_length=1)
+    study.add_argument("--quick", action="store_true", help="two budgets per series instead of five")
+    study.set_defaults(func=_cmd_study)
+    add_commands(sub, _Formatter)
     verify = sub.add_parser("verify", help="check every claim of docs/theory.md on a fresh exact oracle",
                             formatter_class=_Formatter,
                             description="Check claims C1-C12 of docs/theory.md numerically on a random Markov oracle; "
@@ -177,12 +181,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``evoflow`` command (solvers, the C2/C11 demo, verify of C1-C12); returns the exit status."""
+    """Entry point of the ``evoflow`` command (demo, train, eval, solvers, the C2/C11 study, verify of C1-C12);
+    returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args)
-    except UsageError as exc:
+    except (UsageError, usage_error()) as exc:
         sub = f"{parser.prog} {args.command}"
         parser.exit(2, f"{sub}: error: {exc}\n")
     return 2

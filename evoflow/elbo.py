@@ -88,16 +88,32 @@ def reconstruction(denoiser, x: Tensor, z: Tensor, tau: Tensor, out: DenoiserOut
     The joint decoder ``denoiser.log_posterior`` when the denoiser has one (exact for oracles; clean
     prompt tokens are then certain), else the factorised ``-sum_i log softmax(logits_i)[x_i]`` over
     the ``scored`` tokens (B, L) (all by default; nelbo leaves prompts out), from ``out`` (the
-    output at ``(z, tau)``, evaluated here if not given).
+    output at ``(z, tau)``, evaluated here if not given). A token at ``sigma(t) = 0`` whose latent is its
+    own embedding, distinct from every other row, is identified by it: its decoder term is 0, not a
+    softmax (claim C13; THEORY section 5).
     """
     if callable(getattr(denoiser, "log_posterior", None)):
         return -denoiser.log_posterior(x, z, tau).to(torch.float64)
+    scored = torch.ones(x.shape, dtype=torch.bool, device=x.device) if scored is None else scored.bool()
+    scored = scored & ~_identified(x, z, tau, denoiser)
+    if not bool(scored.any()):
+        return torch.zeros(x.shape[0], dtype=torch.float64, device=x.device)
     if out is None:
         out = check_output(denoiser(z, tau), z, denoiser.embeddings.shape[0])
     if out.logits is None:
         raise ValueError("denoiser: the reconstruction term needs logits (a factorised decoder)")
     logp = torch.log_softmax(out.logits.to(torch.float64), -1).gather(-1, x[..., None]).squeeze(-1)
-    return -(logp if scored is None else logp * scored).sum(-1)
+    return -(logp * scored).sum(-1)
+
+
+def _identified(x: Tensor, z: Tensor, tau: Tensor, denoiser) -> Tensor:
+    """Tokens (B, L) at sigma = 0 whose latent equals their embedding, when no two embeddings coincide."""
+    clean = denoiser.schedule.sigma(tau) == 0
+    if not bool(clean.any()):
+        return clean
+    E = denoiser.embeddings.detach()
+    distinct = torch.unique(E, dim=0).shape[0] == E.shape[0]
+    return clean & distinct & (z == E.to(z.dtype)[x]).all(-1)
 
 
 def continuous_integrand(e: Tensor, ehat: Tensor, tau: Tensor, dtau_ds: Tensor, schedule: Schedule) -> Tensor:

@@ -1,4 +1,4 @@
-"""The evoflow command: the solver listing, the demo study's table, figure and report, and bad invocations."""
+"""The evoflow command: the solver listing, the likelihood study's table, figure and report, and bad invocations."""
 
 import json
 import sys
@@ -20,8 +20,8 @@ def test_solvers_lists_every_registered_solver_with_the_columns_its_help_promise
     assert "(name, kind, order, adaptive)" in build_parser().format_help()
 
 
-def test_demo_writes_a_report_and_a_figure(tmp_path, capsys):
-    assert main(["demo", "--quick", "--length", "3", "--vocab", "3", "--out", str(tmp_path)]) == 0
+def test_study_writes_a_report_and_a_figure(tmp_path, capsys):
+    assert main(["study", "--quick", "--length", "3", "--vocab", "3", "--out", str(tmp_path)]) == 0
     captured = capsys.readouterr()
     assert "Staircase(block=1)" in captured.out and "Synchronous()" in captured.out
     assert "Rolling(window=2)" in captured.out
@@ -45,9 +45,9 @@ def _bad(argv, capsys):
     (["frobnicate"], "frobnicate"),
     (["verify", "--vocab", "abc"], "--vocab: expected an integer >= 2, got 'abc'"),
     (["verify", "--vocab", "1"], "--vocab: expected an integer >= 2, got '1'"),
-    (["demo", "--vocab", "0"], "--vocab"),
+    (["study", "--vocab", "0"], "--vocab"),
     (["verify", "--length", "1"], "--length"),
-    (["demo", "--length", "-3"], "--length"),
+    (["study", "--length", "-3"], "--length"),
     (["verify", "--dim", "2.5"], "--dim"),
     (["verify", "--seed", "x"], "--seed"),
     (["verify", "--schedule", "nope"], "--schedule"),
@@ -59,7 +59,7 @@ def test_a_bad_invocation_is_one_line_naming_the_argument_and_status_two(argv, n
     assert len(err.strip().splitlines()) == 1 and names in err and "Traceback" not in err
 
 
-@pytest.mark.parametrize("command", ["demo", "verify"])
+@pytest.mark.parametrize("command", ["study", "verify"])
 def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(command, tmp_path, capsys, monkeypatch):
     def no_work(*args, **kwargs):
         raise AssertionError("the study ran before the output folder was checked")

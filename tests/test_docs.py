@@ -9,8 +9,12 @@ import pytest
 MODULES = ["evoflow", "evoflow.schedules", "evoflow.paths", "evoflow.process", "evoflow.field", "evoflow.oracles",
            "evoflow.kernels", "evoflow.estimators", "evoflow.solvers", "evoflow.solve", "evoflow.likelihood",
            "evoflow.elbo", "evoflow.verify", "evoflow.verify_report", "evoflow.study", "evoflow.nn",
-           "evoflow.arguments", "evoflow.divergence", "evoflow.solvers.landing", "evoflow.verify.context",
-           "evoflow.verify.flow", "evoflow.verify.bounds", "evoflow.verify.mixture", "evoflow.verify.estimates"]
+           "evoflow.arguments", "evoflow.autoregressive", "evoflow.divergence", "evoflow.solvers.landing",
+           "evoflow.verify.context",
+           "evoflow.verify.flow", "evoflow.verify.bounds", "evoflow.verify.mixture", "evoflow.verify.estimates",
+           "evoflow.train", "evoflow.train.data", "evoflow.train.checkpoint", "evoflow.train.objective",
+           "evoflow.train.config", "evoflow.train.loop", "evoflow.train.evaluate", "evoflow.train.report",
+           "evoflow.train.session", "evoflow.demo", "evoflow.cli_train"]
 CITATION = re.compile(r"\bC\d+\b|THEORY|proofs/p\d\d")
 PUBLIC = sorted({(m, name) for m in MODULES for name in getattr(importlib.import_module(m), "__all__", [])})
 

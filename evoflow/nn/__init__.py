@@ -11,7 +11,7 @@ are objects chosen per call (:class:`Bidirectional`, :class:`Frontier`, :class:`
 from the model. The core package never imports this one.
 """
 
-from evoflow.nn.attention import AttentionPattern, Bidirectional, BlockCausal, Frontier
+from evoflow.nn.attention import AttentionPattern, Bidirectional, BlockCausal, Frontier, TwoStream
 from evoflow.nn.cache import CachedDenoiser, FrontierCache
 from evoflow.nn.config import TransformerConfig, config_names, get_config
 from evoflow.nn.parallel import init_distributed, materialize, parallelize
@@ -26,6 +26,7 @@ __all__ = [
     "Frontier",
     "FrontierCache",
     "TransformerConfig",
+    "TwoStream",
     "config_names",
     "get_config",
     "init_distributed",

@@ -7,15 +7,22 @@ cached committed prefix (see :mod:`evoflow.nn.cache`).
 
 - :class:`Bidirectional`: every token sees every token (no mask; the default).
 - :class:`Frontier`: a token is *committed* when ``t_i = 0``. Committed tokens attend causally
-  among committed tokens; active tokens (``t_i > 0``) attend to everything:
+  among committed tokens; active tokens (``t_i > 0``) attend to every token that carries
+  information, i.e. every key not at ``t = 1`` (pure noise when ``alpha(1) = 0``), and to themselves:
 
-      M[q, k] = active(q)  or  (committed(k) and k <= q).
+      M[q, k] = (active(q) and (t_k < 1 or k = q))  or  (committed(k) and k <= q).
+
+  Hiding the pure-noise suffix changes nothing for an exact posterior and makes a model's output
+  independent of the noise draw there (claim C13).
 
   A committed token sees only committed tokens at or before it; once every token before it is
   committed too (the leading committed run), nothing later can change its hidden states, so
   their keys and values may be cached (C12). Derivation: proofs/p12_frontier_cache.md.
 - :class:`BlockCausal`: blocks of ``block`` tokens; block j sees blocks 0..j
   (``M[q, k] = k // block <= q // block``), the semi-autoregressive pattern.
+- :class:`TwoStream`: the training layout of paths with a clean prefix (BD3-LM's, generalised): a
+  clean copy of the sequence followed by a noised copy, sharing positions, in which every noised
+  token sees exactly what it would see under :class:`Frontier` at its own point of the path.
 
 Every query sees at least itself, so no row of a mask is empty.
 """
@@ -25,7 +32,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["AttentionPattern", "Bidirectional", "BlockCausal", "Frontier"]
+__all__ = ["AttentionPattern", "Bidirectional", "BlockCausal", "Frontier", "TwoStream"]
 
 
 class AttentionPattern:
@@ -61,9 +68,10 @@ class Bidirectional(AttentionPattern):
 
 
 class Frontier(AttentionPattern):
-    """Committed tokens (t = 0) attend causally among themselves; active tokens attend to all.
+    """Committed tokens (t = 0) attend causally among themselves; active tokens attend to every key
+    that is not pure noise (t < 1) and to themselves (THEORY section 8, C12, C13).
 
-        M[q, k] = (t_q > 0)  or  (t_k = 0 and k <= q);   cached keys count as committed.
+        M[q, k] = (t_q > 0 and (t_k < 1 or k = q))  or  (t_k = 0 and k <= q);   cached keys are committed.
 
     Derivation: proofs/p12_frontier_cache.md.
     """
@@ -75,8 +83,11 @@ class Frontier(AttentionPattern):
         committed = tau == 0  # (B, L)
         cached = torch.ones(tau.shape[0], offset, dtype=torch.bool, device=tau.device)
         k_committed = torch.cat([cached, committed], dim=1)  # (B, offset + L)
+        k_informative = torch.cat([cached, tau < 1], dim=1)
         causal = k_pos[None, :] <= q_pos[:, None]  # (L, offset + L)
-        m = ~committed[:, :, None] | (k_committed[:, None, :] & causal[None])  # (B, L, offset + L)
+        itself = k_pos[None, :] == q_pos[:, None]
+        sees = k_informative[:, None, :] | itself[None]  # what an active query sees
+        m = (~committed[:, :, None] & sees) | (k_committed[:, None, :] & causal[None])  # (B, L, offset + L)
         return m[:, None]
 
 
@@ -100,3 +111,52 @@ class BlockCausal(AttentionPattern):
 
     def __repr__(self) -> str:
         return f"BlockCausal(block={self.block})"
+
+
+class TwoStream(AttentionPattern):
+    """Two copies of a sequence of L tokens in one call of 2L: clean (t = 0, positions 0..L-1), then noised
+    (the same positions), where noised token i belongs to the group of tokens that starts at ``start[b, i]``
+    (THEORY sections 4 and 8; C9's vectorised path estimator, C13):
+
+        clean q, clean k:    k <= q                       (committed tokens attend causally, as Frontier)
+        noised q = i, clean k = j:   j < start_i          (the group's clean prefix)
+        noised q = i, noised k = j:  start_j = start_i and (t_j < 1 or j = i)   (its own group, no pure noise)
+        clean q, noised k:   never.
+
+    So noised token i sees what :class:`Frontier` shows it in the state "tokens before ``start_i`` clean, its
+    group at the noised times, everything after at t = 1": one call scores every group of a staircase,
+    of a rolling window's systematic sample, or of the AR path (groups of one token at t = 1).
+    ``start`` is (B, L) int with ``start_i <= i`` and groups contiguous; the call's ``tau`` is (B, 2L).
+    """
+
+    def __init__(self, start: Tensor):
+        if not isinstance(start, Tensor) or start.ndim != 2 or start.dtype.is_floating_point:
+            raise ValueError(f"start must be an integer tensor of shape (B, L), got {getattr(start, 'shape', start)}")
+        L = start.shape[1]
+        if bool((start < 0).any()) or bool((start > torch.arange(L, device=start.device)).any()):
+            raise ValueError("start must satisfy 0 <= start[b, i] <= i (a group starts at or before its tokens)")
+        self.start = start
+
+    def mask(self, tau: Tensor, offset: int = 0) -> Tensor:
+        B, L = self.start.shape
+        if offset or tau.shape != (B, 2 * L):
+            raise ValueError(f"TwoStream needs tau of shape (B, 2L) = {(B, 2 * L)} and no cache, "
+                             f"got {tuple(tau.shape)}")
+        pos = torch.arange(L, device=tau.device)
+        causal = (pos[None, :] <= pos[:, None]).expand(B, L, L)  # clean -> clean
+        prefix = pos[None, None, :] < self.start[:, :, None]  # noised -> clean (B, L, L)
+        same = self.start[:, :, None] == self.start[:, None, :]
+        noisy = tau[:, L:] < 1
+        group = same & (noisy[:, None, :] | (pos[None, :] == pos[:, None])[None])  # noised -> noised
+        top = torch.cat([causal, torch.zeros_like(causal)], dim=2)
+        bottom = torch.cat([prefix, group], dim=2)
+        return torch.cat([top, bottom], dim=1)[:, None]  # (B, 1, 2L, 2L)
+
+    def __repr__(self) -> str:
+        return f"TwoStream(start of shape {tuple(self.start.shape)})"
+
+    def __eq__(self, other: object) -> bool:
+        return self is other
+
+    def __hash__(self) -> int:
+        return id(self)

@@ -8,23 +8,25 @@ Parameter counts (exact, time conditioning on; computed on the meta device with
 ``EvoTransformer.parameter_counts`` and checked by tests/nn/test_transformer_config.py):
 
     name             total     transformer          time   latent   time head
-    tiny           134,465         103,744        29,632    1,024          65
-    small       19,760,769      19,406,720       329,088   24,576         385
-    150m       151,140,609     149,840,640     1,299,200        0         769
-    1b       1,110,786,561   1,104,218,112     6,566,400        0       2,049
-    8b       8,056,243,201   8,030,261,248    25,977,856        0       4,097
+    tiny           138,625         103,744        33,792    1,024          65
+    demo         1,183,937       1,115,264        64,448    4,096         129
+    small       19,810,305      19,406,720       378,624   24,576         385
+    150m       151,337,985     149,840,640     1,496,576        0         769
+    1b       1,111,312,897   1,104,218,112     7,092,736        0       2,049
+    8b       8,057,295,873   8,030,261,248    27,030,528        0       4,097
 
 "transformer" is the Llama-style body (latent embedding table, blocks, final norm, head);
-"time" the time MLP and the per-layer shift and gate offsets (the scale offsets are the norm
+"time" the time MLP, the additive time input and the per-layer shift and gate offsets (the scale offsets are the norm
 weights, counted in the body); "latent" the input projection (absent when ``d_latent =
 width``); "time head" the ``that`` head.
 
 The ``8b`` row is the Llama-3-8B shape (32 layers, width 4096, 32 query and 8 key-value heads,
 SwiGLU 14336, vocabulary 128256, RoPE theta 500000, untied embedding and head); with
 ``d_latent = width`` its latent space is the token-embedding space, so its transformer part is
-exactly Llama-3-8B's 8,030,261,248 parameters, and time conditioning adds 0.32%.
+exactly Llama-3-8B's 8,030,261,248 parameters, and time conditioning adds 0.34%.
 The ``1b`` row is the Llama-3.2-1B body with a 32k vocabulary; ``150m`` and ``small`` are
-narrower bodies of the same design.
+narrower bodies of the same design; ``demo`` is the size ``evoflow demo`` trains on two CPU cores in
+minutes (a 2048-token BPE vocabulary).
 """
 
 from __future__ import annotations
@@ -34,7 +36,13 @@ from dataclasses import dataclass
 
 from evoflow.schedules import get_schedule
 
-__all__ = ["TransformerConfig", "config_names", "get_config"]
+__all__ = ["EMBEDDINGS", "TransformerConfig", "config_names", "get_config"]
+
+# How the latent embedding table is kept (THEORY section 2: the forward process noises these rows):
+# "normalized": learned directions, every row rescaled to norm sqrt(d_latent) on each use (Plaid-style);
+# "frozen": fixed random rows of norm sqrt(d_latent); "learned": unconstrained (free to grow, which
+# lets continuous text diffusion inflate its own SNR).
+EMBEDDINGS = ("normalized", "frozen", "learned")
 
 
 @dataclass(frozen=True)
@@ -46,7 +54,10 @@ class TransformerConfig:
     size, ``d_latent`` the dimension of the noised latents ``z`` (``None``: the width, i.e. the
     token-embedding space itself). Time conditioning maps ``t_i`` through ``time_freqs``
     sinusoidal features and an MLP of hidden size ``time_width``; ``time_conditioning=False``
-    gives the time-agnostic model. ``schedule`` names the noise schedule the model carries.
+    gives the time-agnostic model. ``time_input`` adds a linear map of the same features to the
+    input of every token (initialised at unit scale, so that a clean token and a noise vector differ
+    from the first step; the modulation itself starts at zero). ``embedding`` is how the latent
+    table is kept (:data:`EMBEDDINGS`). ``schedule`` names the noise schedule the model carries.
     """
 
     name: str = "custom"
@@ -62,6 +73,8 @@ class TransformerConfig:
     time_conditioning: bool = True
     time_freqs: int = 64
     time_width: int = 64
+    time_input: bool = True
+    embedding: str = "normalized"
     schedule: str = "linear"
 
     def __post_init__(self):
@@ -81,8 +94,11 @@ class TransformerConfig:
             raise ValueError(f"time_freqs must be even (cosine and sine pairs), got {self.time_freqs}")
         if not (self.rope_theta > 0 and self.norm_eps > 0):
             raise ValueError(f"rope_theta and norm_eps must be positive, got {self.rope_theta}, {self.norm_eps}")
-        if not isinstance(self.time_conditioning, bool):
-            raise TypeError(f"time_conditioning must be a bool, got {self.time_conditioning!r}")
+        for flag in ("time_conditioning", "time_input"):
+            if not isinstance(getattr(self, flag), bool):
+                raise TypeError(f"{flag} must be a bool, got {getattr(self, flag)!r}")
+        if self.embedding not in EMBEDDINGS:
+            raise ValueError(f"embedding must be one of {', '.join(EMBEDDINGS)}, got {self.embedding!r}")
         get_schedule(self.schedule)  # raises ValueError naming the schedules available
 
     @property
@@ -94,6 +110,8 @@ class TransformerConfig:
 # One row per size; every other field takes the dataclass default.
 _SIZES: dict[str, dict] = {
     "tiny": dict(vocab=64, width=64, layers=2, heads=4, kv_heads=2, ffn=192, d_latent=16,
+                 time_freqs=64, time_width=64),
+    "demo": dict(vocab=2048, width=128, layers=4, heads=4, kv_heads=2, ffn=384, d_latent=32,
                  time_freqs=64, time_width=64),
     "small": dict(vocab=8192, width=384, layers=10, heads=6, kv_heads=2, ffn=1024, d_latent=64,
                   time_freqs=128, time_width=128),

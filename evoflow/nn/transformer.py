@@ -4,12 +4,18 @@ Reads latents ``z`` (B, L, d_latent) and per-token times ``tau`` (B, L) and retu
 logits over the vocabulary (so ``p_theta(x_i | z)``, ``ehat``, velocity and score come from
 :mod:`evoflow.process`, exactly as for the oracles) and a time estimate ``that_i`` in (0, 1).
 
-    h^0     = W_in z                          (or z itself when d_latent = width)
+    h^0     = W_in z_i [t_i < 1] + W_t sinusoid(t_i)   (z itself when d_latent = width; W_t: time_input)
     m_i     = MLP(sinusoid(t_i))              6 x (B, L, width): one time MLP for all layers
     (b1, b2, s1, s2, g1, g2) = m_i + o_l      o_l: learned per-layer offsets ("adaLN-single")
     a       = h + g1 * Attn(rms(h) * s1 + b1)                 rms(h) = h / sqrt(mean(h^2) + eps)
     h'      = a + g2 * SwiGLU(rms(a) * s2 + b2)
     logits  = W_out RMSNorm(h^n),  that = sigmoid(w_t . RMSNorm(h^n) + c)
+
+A latent at t = 1 carries no information when alpha(1) = 0, so the model reads zeros there (its
+output cannot depend on the noise draw; with the Frontier pattern no other token reads it either,
+THEORY C13). The embedding table that the forward process noises is kept by ``config.embedding``:
+rows of norm sqrt(d_latent) (learned directions, or frozen random ones) or unconstrained.
+Positions are explicit when a call passes ``positions`` (two streams of one sequence share them).
 
 The scale offsets of a layer are its two RMSNorm weights (without time, RMSNorm(h) = rms(h) *
 weight), so the Transformer's own parameters are exactly those of the time-agnostic model.
@@ -30,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from evoflow.nn.attention import AttentionPattern, Bidirectional
+from evoflow.nn.attention import AttentionPattern, Frontier, TwoStream
 from evoflow.nn.cache import FrontierCache, LayerCache, leading_committed
 from evoflow.nn.config import TransformerConfig
 from evoflow.process import DenoiserOutput
@@ -92,7 +98,7 @@ class Attention(nn.Module):
         if mask is not None:  # CUDA's fused GQA kernel takes no mask: share each K/V head with its group
             k, v = (t.repeat_interleave(self.heads // self.kv_heads, dim=1) for t in (k, v))
         y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=mask is None)  # (B, H, L, hd)
-        return self.wo(y.transpose(1, 2).reshape(B, L, -1))
+        return self.wo(y.transpose(1, 2).reshape(B, L, self.heads * self.head_dim))  # explicit: B may be 0
 
 
 class FeedForward(nn.Module):
@@ -147,11 +153,14 @@ class TimeEmbedding(nn.Module):
         self.freqs, self.width = cfg.time_freqs, cfg.width
         self.fc1 = nn.Linear(cfg.time_freqs, cfg.time_width)
         self.fc2 = nn.Linear(cfg.time_width, 6 * cfg.width)
+        self.fc_in = nn.Linear(cfg.time_freqs, cfg.width) if cfg.time_input else None
 
-    def forward(self, tau: Tensor) -> Modulation:
+    def forward(self, tau: Tensor) -> tuple[Modulation, Tensor | None]:
+        """The six modulations (B, L, width) each, and the additive input term (B, L, width) or None."""
         wt = self.fc1.weight.dtype
         features = sinusoid(tau, self.freqs, _at_least_float32(wt)).to(wt)  # (B, L, time_freqs)
-        return self.fc2(F.silu(self.fc1(features))).split(self.width, dim=-1)  # 6 x (B, L, width)
+        mod = self.fc2(F.silu(self.fc1(features))).split(self.width, dim=-1)  # 6 x (B, L, width)
+        return mod, None if self.fc_in is None else self.fc_in(features)
 
 
 class EvoTransformer(nn.Module):
@@ -159,7 +168,8 @@ class EvoTransformer(nn.Module):
 
     Carries ``.schedule`` and ``.embeddings`` (V, d_latent) like the oracles, so every solver,
     path, ELBO and likelihood routine takes it unchanged (THEORY section 8, claim C12). The
-    attention pattern is chosen per call (default ``self.attention``, bidirectional); a
+    attention pattern is chosen per call (default ``self.attention``, :class:`Frontier`, the semantics the
+    training objective scores); a
     :class:`~evoflow.nn.cache.FrontierCache` reuses the committed prefix under ``Frontier()``.
     Build on ``torch.device("meta")`` and call :meth:`init_weights` after materialising.
     """
@@ -170,8 +180,10 @@ class EvoTransformer(nn.Module):
             raise TypeError(f"config must be a TransformerConfig (evoflow.nn.get_config), got {type(config).__name__}")
         self.config = config
         self.schedule = get_schedule(config.schedule)
-        self.attention: AttentionPattern = Bidirectional()
+        self.attention: AttentionPattern = Frontier()  # the pattern training uses (TwoStream is its vectorised form)
         self.embed = nn.Embedding(config.vocab, config.d_latent)
+        self.embed.weight.requires_grad_(config.embedding != "frozen")
+        self._blank_noise = float(self.schedule.alpha(torch.ones((), dtype=torch.float64, device="cpu"))) == 0.0
         self.proj_in = nn.Linear(config.d_latent, config.width, bias=False) if config.d_latent != config.width else None
         self.time = TimeEmbedding(config) if config.time_conditioning else None
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.layers))
@@ -182,8 +194,12 @@ class EvoTransformer(nn.Module):
 
     @property
     def embeddings(self) -> Tensor:
-        """The latent embedding table E (V, d_latent) that the forward process noises."""
-        return self.embed.weight
+        """The latent embedding table E (V, d_latent) that the forward process noises (THEORY section 2):
+        rows rescaled to norm sqrt(d_latent) unless ``config.embedding == "learned"``."""
+        w = self.embed.weight
+        if self.config.embedding == "learned":
+            return w
+        return w * (w.shape[1] ** 0.5 / w.norm(dim=1, keepdim=True).clamp_min(1e-12))
 
     @torch.no_grad()
     def init_weights(self, generator: torch.Generator | None = None) -> None:
@@ -191,7 +207,8 @@ class EvoTransformer(nn.Module):
 
         Embeddings N(0, 1); latent projection N(0, 1 / d_latent); other weights N(0, 0.02^2), residual
         outputs (wo, w2) N(0, 0.02^2 / (2 layers)); biases 0; norms 1; the time MLP's output layer 0
-        and the offsets shift 0, scale and gate 1, so that time is ignored at first.
+        and the offsets shift 0, scale and gate 1, so that the modulation ignores time at first; the additive
+        time input (``time_input``) N(0, 2 / time_freqs), a unit-scale term that makes time visible at once.
         """
         nn.init.normal_(self.embed.weight, std=1.0, generator=generator)
         if self.proj_in is not None:
@@ -212,35 +229,70 @@ class EvoTransformer(nn.Module):
                 nn.init.ones_(block.time_gate)
         if self.time is not None:
             nn.init.zeros_(self.time.fc2.weight)
+            if self.time.fc_in is not None:  # unit-scale input term: sinusoid features have mean square 1/2
+                nn.init.normal_(self.time.fc_in.weight, std=(2.0 / self.config.time_freqs) ** 0.5, generator=generator)
 
     def forward(
-        self, z: Tensor, tau: Tensor, attention: AttentionPattern | None = None, cache: FrontierCache | None = None
+        self, z: Tensor, tau: Tensor, attention: AttentionPattern | None = None, cache: FrontierCache | None = None,
+        positions: Tensor | None = None, outputs_from: int = 0,
     ) -> DenoiserOutput:
         """Logits (B, L, V) in float32 (float64 for a float64 model) and time estimates (B, L) for latents
         z (B, L, d_latent) at times tau (B, L).
 
         With a ``cache`` holding the committed prefix, ``z`` and ``tau`` cover positions
         ``cache.length ..`` only; the leading committed tokens of this chunk join the cache.
+        ``positions`` (L,) gives the rotary positions explicitly (default ``offset .. offset + L - 1``);
+        ``outputs_from`` skips the heads of the first positions (outputs cover ``outputs_from ..``).
         """
         pattern = self.attention if attention is None else attention
         self._check_inputs(z, tau, pattern, cache)
         offset = 0 if cache is None else cache.length
-        positions = torch.arange(offset, offset + z.shape[1], device=z.device)
+        if positions is None:
+            positions = torch.arange(offset, offset + z.shape[1], device=z.device)
+        elif cache is not None or positions.shape != z.shape[1:2] or positions.dtype.is_floating_point:
+            raise ValueError(f"positions must be an integer tensor of shape ({z.shape[1]},) and no cache is allowed "
+                             f"with it, got {_shape(positions)}")
         exact = _at_least_float32(self.norm.weight.dtype)  # positions, angles and logits: float32 or better
         rope = rope_tables(positions, self.config.head_dim, self.config.rope_theta, exact)
         mask = pattern.mask(tau, offset)  # (B, 1, L, offset + L) or None
-        h = z.to(self.norm.weight.dtype)  # (B, L, d_latent)
-        if self.proj_in is not None:
-            h = self.proj_in(h)  # (B, L, width)
-        mod = None if self.time is None else self.time(tau)  # 6 x (B, L, width)
+        h, mod = self._inputs(z, tau)
         for i, block in enumerate(self.blocks):
             h = block(h, rope, mask, mod, None if cache is None else cache.layers[i])
-        h = self.norm(h)
+        h = self.norm(h[:, outputs_from:])
         that = torch.sigmoid(self.time_head(h).squeeze(-1).to(exact))  # (B, L)
         out = DenoiserOutput(logits=self.head(h).to(exact), time=that)
         if cache is not None:
             cache.commit(leading_committed(tau))
         return out
+
+    def _inputs(self, z: Tensor, tau: Tensor) -> tuple[Tensor, Modulation | None]:
+        """The residual stream's input (B, L, width) and the time modulation (6 x (B, L, width) or None)."""
+        h = z.to(self.norm.weight.dtype)  # (B, L, d_latent)
+        if self._blank_noise:  # alpha(1) = 0: a latent at t = 1 is pure noise; read zeros instead
+            h = torch.where((tau == 1)[..., None], 0.0, h)
+        if self.proj_in is not None:
+            h = self.proj_in(h)  # (B, L, width)
+        mod, shift = (None, None) if self.time is None else self.time(tau)  # 6 x (B, L, width), (B, L, width)
+        return (h if shift is None else h + shift), mod
+
+    def two_stream(self, x: Tensor, z: Tensor, tau: Tensor, start: Tensor) -> DenoiserOutput:
+        """Outputs (B, L, ...) for the noised tokens ``z`` (B, L, d_latent) at times ``tau`` (B, L), each in the
+        state "tokens before ``start[b, i]`` clean (the ids ``x``), its group at ``tau``, the rest at t = 1",
+        all in one call of 2L tokens (:class:`~evoflow.nn.attention.TwoStream`; THEORY C9, C13)."""
+        L = x.shape[1]
+        clean = self.embeddings[x].to(z.dtype)  # (B, L, d_latent)
+        pos = torch.arange(L, device=z.device)
+        return self(torch.cat([clean, z], 1), torch.cat([torch.zeros_like(tau), tau], 1),
+                    attention=TwoStream(start), positions=torch.cat([pos, pos]), outputs_from=L)
+
+    def ar_logits(self, x: Tensor) -> Tensor:
+        """Logits (B, L, V) of every token of ``x`` (B, L) with the tokens before it clean and itself and the
+        rest at t = 1: the conditionals of AR decoding with the token sampler, in one call (THEORY C13)."""
+        B, L = x.shape
+        z = torch.zeros(B, L, self.config.d_latent, device=x.device, dtype=self.embeddings.dtype)
+        tau = torch.ones(B, L, device=x.device, dtype=torch.float64)
+        start = torch.arange(L, device=x.device).expand(B, L)
+        return self.two_stream(x, z, tau, start).logits
 
     def _check_inputs(self, z: Tensor, tau: Tensor, pattern: object, cache: FrontierCache | None) -> None:
         d = self.config.d_latent

@@ -85,7 +85,8 @@ def test_bidirectional_spreads_every_change(make_model):
     z = model_inputs(model, tau)
     z2 = z.clone()
     z2[0, 3] += 1.0
-    diff = (model(z, tau).logits - model(z2, tau).logits).abs().amax(-1)  # (1, L)
+    bi = Bidirectional()
+    diff = (model(z, tau, attention=bi).logits - model(z2, tau, attention=bi).logits).abs().amax(-1)  # (1, L)
     assert bool((diff > 1e-5).all())
 
 
@@ -104,8 +105,46 @@ def test_default_pattern_is_an_attribute(make_model):
     model = make_model()
     tau = torch.tensor([[0.0, 0.0, 0.3, 0.9]], dtype=torch.float64)
     z = model_inputs(model, tau)
-    bidirectional = model(z, tau).logits
-    torch.testing.assert_close(bidirectional, model(z, tau, attention=Bidirectional()).logits, rtol=0, atol=0)
-    model.attention = Frontier()
-    torch.testing.assert_close(model(z, tau).logits, model(z, tau, attention=Frontier()).logits, rtol=0, atol=0)
-    assert (model(z, tau).logits - bidirectional).abs().max() > 1e-5
+    frontier = model(z, tau).logits  # the default: the pattern the training objective scores
+    torch.testing.assert_close(frontier, model(z, tau, attention=Frontier()).logits, rtol=0, atol=0)
+    model.attention = Bidirectional()
+    torch.testing.assert_close(model(z, tau).logits, model(z, tau, attention=Bidirectional()).logits, rtol=0, atol=0)
+    assert (model(z, tau).logits - frontier).abs().max() > 1e-5
+
+
+def test_frontier_hides_pure_noise_from_active_tokens(make_model):
+    """Under Frontier an active token's output does not depend on how many tokens wait at t = 1 after it
+    (they are hidden, C13), so AR conditionals do not depend on the sequence length; Bidirectional lets the
+    blank tokens' positions leak in."""
+    model = make_model()
+    tau = torch.tensor([[0.0, 0.4, 0.7, 1.0, 1.0, 1.0]], dtype=torch.float64)
+    z = model_inputs(model, tau)
+    with torch.no_grad():
+        for pattern, leaks in ((Frontier(), False), (Bidirectional(), True)):
+            short = model(z[:, :4], tau[:, :4], attention=pattern).logits[:, :3]
+            long = model(z, tau, attention=pattern).logits[:, :3]
+            assert (float((short - long).abs().max()) > 1e-5) == leaks, pattern
+    m = Frontier().mask(tau)[0, 0]
+    assert not bool(m[1, 3]) and not bool(m[2, 4]) and bool(m[3, 3]) and bool(m[1, 2]) and bool(m[2, 0])
+
+
+def test_two_stream_gives_each_group_its_frontier_state(make_model):
+    """Noised token i in the two-stream call equals the single-stream Frontier call in the state it stands
+    for: tokens before its group clean, its group at its times, everything after at t = 1."""
+    model = make_model()
+    g = torch.Generator().manual_seed(0)
+    B, L, V = 2, 6, model.config.vocab
+    x = torch.randint(0, V, (B, L), generator=g)
+    start = torch.tensor([[0, 0, 2, 2, 2, 5], [0, 1, 2, 3, 4, 5]])
+    tau = torch.rand(B, L, generator=g, dtype=torch.float64).clamp(0.05, 0.95)
+    z = torch.randn(B, L, model.config.d_latent, generator=g)
+    got = model.two_stream(x, z, tau, start)
+    E = model.embeddings.detach()
+    for b in range(B):
+        for i in range(L):
+            s = int(start[b, i])
+            group = start[b] == s
+            state_tau = torch.where(torch.arange(L) < s, 0.0, torch.where(group, tau[b], 1.0))[None]
+            state_z = torch.where((torch.arange(L) < s)[:, None], E[x[b]], z[b])[None]
+            want = model(state_z, state_tau, attention=Frontier())
+            torch.testing.assert_close(got.logits[b, i], want.logits[0, i], rtol=1e-5, atol=1e-5)

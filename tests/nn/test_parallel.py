@@ -47,7 +47,7 @@ def test_single_process_needs_no_launcher():
 
 
 def test_gpu_check_dry_run_exercises_the_script(tmp_path):
-    """bench/gpu_check.py on CPU with tiny sizes: peak, throughput/MFU and the sharded step all report."""
+    """bench/gpu_check.py on CPU with tiny sizes: peak, throughput/MFU, training loop and sharded step all report."""
     run_script(["bench/gpu_check.py", "--dry-run", "--out", str(tmp_path / "check.json")])
     result = json.loads((tmp_path / "check.json").read_text())
     tp, big = result["throughput"], result["sharded_step"]
@@ -55,6 +55,8 @@ def test_gpu_check_dry_run_exercises_the_script(tmp_path):
     assert "error" not in tp and "error" not in big, (tp, big)
     assert tp["tokens_per_s"] > 0 and tp["mfu"] > 0 and tp["flops_per_token"] > 0
     assert big["config"] == "tiny" and len(big["step_s"]) == 2
+    (loop,) = result["training_loop"]["runs"]  # the real training loop, one size on CPU
+    assert loop["config"] == "tiny" and loop["tokens_per_s"] > 0 and loop["mfu"] > 0
 
 
 def test_parallelize_without_a_mesh_keeps_the_function():

@@ -27,7 +27,7 @@ def meta_model(name, **overrides):
 
 
 def test_names_are_the_table():
-    assert config_names() == ["tiny", "small", "150m", "1b", "8b"]
+    assert config_names() == ["tiny", "demo", "small", "150m", "1b", "8b"]
 
 
 def test_8b_row_is_the_llama3_8b_shape():
@@ -49,7 +49,8 @@ def test_time_conditioning_extras_match_their_closed_form():
     cfg = get_config("8b")
     counts = meta_model("8b").parameter_counts()
     mlp = cfg.time_freqs * cfg.time_width + cfg.time_width + cfg.time_width * 6 * cfg.width + 6 * cfg.width
-    assert counts["time"] == mlp + cfg.layers * 4 * cfg.width  # shift and gate offsets; scale offsets = norm weights
+    time_input = cfg.time_freqs * cfg.width + cfg.width  # the additive time input W_t sinusoid(t)
+    assert counts["time"] == mlp + time_input + cfg.layers * 4 * cfg.width  # + shift, gate offsets (scale: norms)
     assert counts["time_head"] == cfg.width + 1
     off = meta_model("8b", time_conditioning=False).parameter_counts()
     assert off["time"] == 0 and off["transformer"] == counts["transformer"]
@@ -84,7 +85,7 @@ def test_overrides_by_name():
 
 
 def test_unknown_name_lists_the_available_ones():
-    with pytest.raises(ValueError, match=r"unknown config name 'huge'.*tiny, small, 150m, 1b, 8b"):
+    with pytest.raises(ValueError, match=r"unknown config name 'huge'.*tiny, demo, small, 150m, 1b, 8b"):
         get_config("huge")
 
 

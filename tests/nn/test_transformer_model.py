@@ -36,19 +36,41 @@ def test_time_off_is_independent_of_tau(make_model):
     assert torch.equal(a.logits, b.logits) and torch.equal(a.time, b.time)
 
 
-def test_untrained_model_ignores_tau():
-    """Zero-initialised time path: the model at initialisation does not depend on tau."""
+def test_untrained_modulation_ignores_tau():
+    """Zero-initialised modulation: without the additive time input the model at initialisation does not
+    depend on tau (times kept below 1, where the latent is read as it is)."""
+    torch.manual_seed(0)
+    model = EvoTransformer(get_config("tiny", time_input=False))
+    z, tau = inputs(model)
+    a, b = model(z, tau), model(z, (1 - tau).clamp(0.01, 0.99))
+    assert torch.equal(a.logits, b.logits) and torch.equal(a.time, b.time)
+
+
+def test_the_time_input_makes_time_visible_from_the_first_step():
+    """The default model sees each token's time at initialisation: a clean token and a noisy one with the
+    same latent give different outputs (the failure of an all-zero time path seen in training)."""
+    torch.manual_seed(0)
+    model = EvoTransformer(get_config("tiny"))
+    z, _ = inputs(model)
+    clean, noisy = (model(z, torch.full(z.shape[:2], t)).logits for t in (0.0, 0.9))
+    assert (clean - noisy).abs().max() > 1e-2
+
+
+def test_a_latent_at_t_1_is_not_read():
+    """alpha(1) = 0: the output for any token does not depend on the noise drawn for tokens at t = 1."""
     torch.manual_seed(0)
     model = EvoTransformer(get_config("tiny"))
     z, tau = inputs(model)
-    a, b = model(z, tau), model(z, 1 - tau)
-    assert torch.equal(a.logits, b.logits) and torch.equal(a.time, b.time)
+    tau[:, 3:] = 1.0
+    other = z.clone()
+    other[:, 3:] = torch.randn_like(other[:, 3:])
+    assert torch.equal(model(z, tau).logits, model(other, tau).logits)
 
 
 def test_untrained_model_is_the_time_agnostic_model():
     """At initialisation, time conditioning on is the plain Transformer with the same weights."""
     torch.manual_seed(0)
-    on = EvoTransformer(get_config("tiny"))
+    on = EvoTransformer(get_config("tiny", time_input=False))
     off = EvoTransformer(get_config("tiny", time_conditioning=False))
     missing, unexpected = off.load_state_dict(on.state_dict(), strict=False)
     assert not missing and all(k.startswith("time.") or k.endswith(("time_shift", "time_gate")) for k in unexpected)
@@ -109,8 +131,10 @@ def test_attention_equals_grouped_query_attention_written_out(make_model):
 
 
 def test_latent_space_is_the_token_embedding_space_when_d_latent_is_the_width(make_model):
-    model = make_model(d_latent=None)
+    model = make_model(d_latent=None, embedding="learned")
     assert model.proj_in is None and model.embeddings is model.embed.weight
+    normalized = make_model(d_latent=None)
+    assert torch.allclose(normalized.embeddings.norm(dim=1), torch.full((normalized.config.vocab,), 64**0.5))
     assert tuple(model.embeddings.shape) == (model.config.vocab, model.config.width)
     z, tau = inputs(model)
     assert torch.isfinite(model(z, tau).logits).all()
