@@ -16,7 +16,6 @@ $(STAMP): pyproject.toml
 
 demo: $(STAMP)
 	$(VENV)/bin/evoflow demo
-	$(VENV)/bin/evoflow verify
 
 test: $(STAMP)
 	HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q -n 2 proofs tests
@@ -30,6 +29,7 @@ bench: $(STAMP)
 	$(PY) -m bench.bench_batching
 	$(PY) -m bench.bench_estimators
 	$(PY) -m bench.bench_edges
+	$(PY) -m bench.bench_train
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

@@ -12,7 +12,8 @@ MODULES = ["evoflow", "evoflow.schedules", "evoflow.paths", "evoflow.process", "
            "evoflow.arguments", "evoflow.autoregressive", "evoflow.divergence", "evoflow.solvers.landing",
            "evoflow.verify.context",
            "evoflow.verify.flow", "evoflow.verify.bounds", "evoflow.verify.mixture", "evoflow.verify.estimates",
-           "evoflow.train", "evoflow.train.data", "evoflow.train.checkpoint", "evoflow.train.objective",
+           "evoflow.train", "evoflow.train.data", "evoflow.train.corpus", "evoflow.train.tokenizer",
+           "evoflow.train.checkpoint", "evoflow.train.objective",
            "evoflow.train.config", "evoflow.train.loop", "evoflow.train.evaluate", "evoflow.train.report",
            "evoflow.train.session", "evoflow.demo", "evoflow.cli_train"]
 CITATION = re.compile(r"\bC\d+\b|THEORY|proofs/p\d\d")

@@ -13,7 +13,9 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from tokenizers import Tokenizer, models, pre_tokenizers
 
+import evoflow.train.corpus as corpus_module
 import evoflow.train.data as data
+import evoflow.train.tokenizer as tokenizer_module
 from evoflow.train import DataError, Loader, TextTokenizer, load_corpus, load_tokenizer, prepare, train_tokenizer
 
 EOS = "<|endoftext|>"
@@ -198,8 +200,8 @@ def test_the_cache_is_reused_and_a_damaged_one_rebuilt(pydoc, tmp_path, monkeypa
     cached = tmp_path / f"tokenizer-{pydoc.identity['sha256'][:16]}-512.json"
     assert cached.read_text(encoding="utf-8") == tok.to_json()
     calls = []
-    real = data._train_bpe
-    monkeypatch.setattr(data, "_train_bpe", lambda *a: calls.append(a) or real(*a))
+    real = tokenizer_module._train_bpe
+    monkeypatch.setattr(tokenizer_module, "_train_bpe", lambda *a: calls.append(a) or real(*a))
     assert train_tokenizer(pydoc, 512, cache_dir=tmp_path).sha256 == tok.sha256
     assert calls == []
     cached.write_text('{"version": "1.0", "truncated', encoding="utf-8")
@@ -417,6 +419,7 @@ def test_a_state_from_another_loader_is_refused():
         Loader(ROWS[:20], batch=4, seed=1).load_state_dict(state)
 
 
-def test_no_pickle_in_the_module():
-    source = Path(data.__file__).read_text(encoding="utf-8")
-    assert not any(word in source for word in ("import pickle", "torch.load(", "np.load(", "numpy.load("))
+def test_no_pickle_in_the_modules():
+    for module in (data, tokenizer_module, corpus_module):
+        source = Path(module.__file__).read_text(encoding="utf-8")
+        assert not any(word in source for word in ("import pickle", "torch.load(", "np.load(", "numpy.load("))
