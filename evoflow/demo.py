@@ -70,7 +70,8 @@ def run_demo(out: pathlib.Path, steps: int | None = None, progress: bool = True)
     print("\n4. held-out bits per token")
     data = runs["evo"].data
     floor = unigram_bits(data.train, runs["evo"].valid.cpu(), data.tokenizer.vocab_size)
-    table = {name: [score_path(run.model.eval(), run.valid, spec, 16) for spec in PATHS] for name, run in runs.items()}
+    table = {name: [score_path(run.model.eval(), run.valid, spec, 16, t_min=run.cfg.t_min) for spec in PATHS]
+             for name, run in runs.items()}
     for name, scores in table.items():
         print(f"   {name}: " + "; ".join(s.describe() for s in scores))
     print(f"   unigram of the training text: {floor:.4f} bits/token")

@@ -8,22 +8,22 @@ Parameter counts (exact, time conditioning on; computed on the meta device with
 ``EvoTransformer.parameter_counts`` and checked by tests/nn/test_transformer_config.py):
 
     name             total     transformer          time   latent   time head
-    tiny           138,625         103,744        33,792    1,024          65
-    demo         1,183,937       1,115,264        64,448    4,096         129
-    small       19,810,305      19,406,720       378,624   24,576         385
-    150m       151,337,985     149,840,640     1,496,576        0         769
-    1b       1,111,312,897   1,104,218,112     7,092,736        0       2,049
-    8b       8,057,295,873   8,030,261,248    27,030,528        0       4,097
+    tiny           134,465         103,744        29,632    1,024          65
+    demo         1,175,617       1,115,264        56,128    4,096         129
+    small       19,760,769      19,406,720       329,088   24,576         385
+    150m       151,140,609     149,840,640     1,299,200        0         769
+    1b       1,110,786,561   1,104,218,112     6,566,400        0       2,049
+    8b       8,056,243,201   8,030,261,248    25,977,856        0       4,097
 
 "transformer" is the Llama-style body (latent embedding table, blocks, final norm, head);
-"time" the time MLP, the additive time input and the per-layer shift and gate offsets (the scale offsets are the norm
+"time" the time MLP (and the additive time input when ``time_input``), the per-layer shift and gate offsets (the scale offsets are the norm
 weights, counted in the body); "latent" the input projection (absent when ``d_latent =
 width``); "time head" the ``that`` head.
 
 The ``8b`` row is the Llama-3-8B shape (32 layers, width 4096, 32 query and 8 key-value heads,
 SwiGLU 14336, vocabulary 128256, RoPE theta 500000, untied embedding and head); with
 ``d_latent = width`` its latent space is the token-embedding space, so its transformer part is
-exactly Llama-3-8B's 8,030,261,248 parameters, and time conditioning adds 0.34%.
+exactly Llama-3-8B's 8,030,261,248 parameters, and time conditioning adds 0.32%.
 The ``1b`` row is the Llama-3.2-1B body with a 32k vocabulary; ``150m`` and ``small`` are
 narrower bodies of the same design; ``demo`` is the size ``evoflow demo`` trains on two CPU cores in
 minutes (a 2048-token BPE vocabulary).
@@ -55,8 +55,10 @@ class TransformerConfig:
     token-embedding space itself). Time conditioning maps ``t_i`` through ``time_freqs``
     sinusoidal features and an MLP of hidden size ``time_width``; ``time_conditioning=False``
     gives the time-agnostic model. ``time_input`` adds a linear map of the same features to the
-    input of every token (initialised at unit scale, so that a clean token and a noise vector differ
-    from the first step; the modulation itself starts at zero). ``embedding`` is how the latent
+    input of every token (initialised at unit scale, so that time is visible from the first step; the
+    modulation itself starts at zero). It is off by default: a latent at t = 1 is read as zeros, which
+    already sets pure noise apart from a clean token, and at 300 training steps the input made no
+    difference (bench/RESULTS.md, issue 8). ``embedding`` is how the latent
     table is kept (:data:`EMBEDDINGS`). ``schedule`` names the noise schedule the model carries.
     """
 
@@ -73,7 +75,7 @@ class TransformerConfig:
     time_conditioning: bool = True
     time_freqs: int = 64
     time_width: int = 64
-    time_input: bool = True
+    time_input: bool = False
     embedding: str = "normalized"
     schedule: str = "linear"
 

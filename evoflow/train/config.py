@@ -19,7 +19,8 @@ from evoflow.train.objective import parse_mixture
 
 __all__ = ["TrainConfig", "learning_rate"]
 
-DEFAULT_MIXTURE = "ar:0.5,stair=4:0.25,sync:0.25"
+# chosen by measurement (bench/RESULTS.md, issue 8): a quarter of every batch on block and synchronous paths
+DEFAULT_MIXTURE = "ar:0.9/0.75,stair=4:0.05/0.125,sync:0.05/0.125"
 
 
 @dataclass
@@ -47,7 +48,7 @@ class TrainConfig:
     clip: float = 1.0
     mixture: str = DEFAULT_MIXTURE
     surrogate: str = "mse"
-    t_min: float = 0.05
+    t_min: float = 0.2
     time_weight: float = 0.1
     seed: int = 0
     valid_fraction: float = 0.05

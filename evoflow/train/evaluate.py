@@ -4,7 +4,8 @@
 - ``sync:K``, ``block:B[:K]``, ``rolling:W[:K]``: the mixture-kernel NELBO along ``Synchronous()``,
   ``Staircase(B)`` or ``Rolling(W)`` with K grid steps (THEORY section 5): the token sampler's decoding
   along that path, whose negative log-likelihood it bounds from above (C8: the price of moving several
-  tokens per step). ``t_min = 0``: tokens commit exactly, with no softmax decoder at the clean end.
+  tokens per step), from t = 1 to the ``t_min`` the model was trained to, where the closed-form Gaussian
+  decoder of the training objective (:func:`evoflow.train.objective.gaussian_decoder_nll`) decodes.
 
 Bounds are Monte-Carlo estimates over one trajectory per sequence, with a fixed seed (so a figure is
 reproduced exactly by ``evoflow eval``) and their standard error over the sequences.
@@ -67,9 +68,34 @@ def parse_path(spec: str, length: int, steps: int | None = None) -> tuple[str, P
     raise ValueError(f"path must be ar, sync[:K], block:B[:K] or rolling:W[:K], got {spec!r}")
 
 
+class _GaussianDecoded:
+    """The model with the closed-form decoder ``p(x_i = v | z_i) ~ N(z_i; alpha e_v, sigma^2 I)`` (uniform prior over
+    tokens, independently per token) as its joint decoder at the clean end of a bound: the decoder the training
+    objective scores the final jump with (C9), valid like any other; tokens at sigma = 0 are identified."""
+
+    def __init__(self, model):
+        self.model, self.schedule, self.embeddings = model, model.schedule, model.embeddings
+
+    def __call__(self, z, tau):
+        return self.model(z, tau)
+
+    def log_posterior(self, x: Tensor, z: Tensor, tau: Tensor) -> Tensor:
+        E = self.embeddings.detach().to(torch.float64)
+        a, s2 = self.schedule.alpha(tau)[..., None], (self.schedule.sigma(tau) ** 2)[..., None]  # (B, L, 1)
+        d2 = ((z.to(torch.float64)[:, :, None, :] - a[..., None] * E) ** 2).sum(-1)  # (B, L, V)
+        gap = d2 - d2.gather(-1, x[..., None])
+        logp = torch.where(s2 > 0, -torch.logsumexp(-gap / (2 * s2.clamp_min(1e-300)), -1, keepdim=True), 0.0)
+        return logp.squeeze(-1).sum(-1)
+
+
 @torch.no_grad()
-def score_path(model, x: Tensor, spec: str, steps: int | None = None, seed: int = 0, batch: int = 16) -> PathScore:
-    """Bits per token of token ids ``x`` (N, L) under ``model`` along the path ``spec`` (C13 / C8), in batches."""
+def score_path(model, x: Tensor, spec: str, steps: int | None = None, seed: int = 0, batch: int = 16,
+               t_min: float = 0.0) -> PathScore:
+    """Bits per token of token ids ``x`` (N, L) under ``model`` along the path ``spec`` (C13 / C8), in batches.
+
+    Bounds run the path from t = 1 down to ``t_min`` (pass the ``t_min`` the model was trained to: below it it
+    has never been asked anything) and decode there with the closed-form Gaussian decoder of the training
+    objective (at ``t_min = 0`` the latent identifies the token and the term is 0)."""
     label, path, K = parse_path(spec, x.shape[1], steps)
     per_seq = []
     g = torch.Generator(device=x.device).manual_seed(seed)
@@ -77,7 +103,7 @@ def score_path(model, x: Tensor, spec: str, steps: int | None = None, seed: int 
         if path is None:
             per_seq.append(-ar_log_likelihood(model, chunk))
         else:
-            r = nelbo(model, chunk, path, K, kernel=MixtureKernel(), t_min=0.0, generator=g)
+            r = nelbo(_GaussianDecoded(model), chunk, path, K, kernel=MixtureKernel(), t_min=t_min, generator=g)
             per_seq.append(r.total)
     nats = torch.cat(per_seq).to(torch.float64).cpu() / x.shape[1]
     se = float(nats.std() / math.sqrt(len(nats))) if len(nats) > 1 else math.nan

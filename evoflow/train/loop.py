@@ -61,12 +61,13 @@ class Trainee(nn.Module):
     def forward(self, x: Tensor, generator: torch.Generator | None = None, rank: int = 0, world: int = 1,
                 mode: str = "loss", spec: str = "ar", steps: int = 16):
         if mode == "eval":
-            return score_path(self.model, x, spec, steps)
+            return score_path(self.model, x, spec, steps, t_min=self.objective.t_min)
         return self.objective(self.model, x, generator, rank, world)
 
 
 def validate(trainee: nn.Module, rows: Tensor, cfg: TrainConfig) -> dict:
-    """Validation bits per token: AR path (exact, C13) and synchronous with ``sync_steps`` steps (a bound)."""
+    """Validation bits per token: AR path (exact, C13) and synchronous with ``sync_steps`` steps down to the trained
+    ``t_min`` (a bound)."""
     was = trainee.training
     trainee.eval()
     with torch.no_grad():

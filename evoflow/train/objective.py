@@ -243,7 +243,7 @@ class PathMixture:
     time head's regression loss; ``t_min`` is where the flow hands over to the Gaussian decoder.
     """
 
-    def __init__(self, components: str | Sequence[tuple[TrainingPath, float, float]], t_min: float = 0.05,
+    def __init__(self, components: str | Sequence[tuple[TrainingPath, float, float]], t_min: float = 0.2,
                  surrogate: str = "mse", time_weight: float = 0.1, log_snr_low: float = -10.0):
         self.components = parse_mixture(components) if isinstance(components, str) else list(components)
         if surrogate not in ("mse", "ce"):

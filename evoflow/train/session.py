@@ -37,7 +37,8 @@ class LoadedRun:
 
     def score(self, spec: str, steps: int | None = None) -> PathScore:
         """Bits per token along the decoding path ``spec`` (``ar`` exact, the others bounds; C13, C8)."""
-        return score_path(self.model, self.rows, spec, steps if steps is not None else self.config.sync_steps)
+        K = steps if steps is not None else self.config.sync_steps
+        return score_path(self.model, self.rows, spec, K, t_min=self.config.t_min)
 
 
 def load_run(run: str | pathlib.Path, data: str | None = None) -> LoadedRun:

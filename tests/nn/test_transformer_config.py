@@ -49,8 +49,9 @@ def test_time_conditioning_extras_match_their_closed_form():
     cfg = get_config("8b")
     counts = meta_model("8b").parameter_counts()
     mlp = cfg.time_freqs * cfg.time_width + cfg.time_width + cfg.time_width * 6 * cfg.width + 6 * cfg.width
-    time_input = cfg.time_freqs * cfg.width + cfg.width  # the additive time input W_t sinusoid(t)
-    assert counts["time"] == mlp + time_input + cfg.layers * 4 * cfg.width  # + shift, gate offsets (scale: norms)
+    assert counts["time"] == mlp + cfg.layers * 4 * cfg.width  # shift and gate offsets (scale offsets: the norms)
+    extra = meta_model("8b", time_input=True).parameter_counts()["time"] - counts["time"]
+    assert extra == cfg.time_freqs * cfg.width + cfg.width  # the additive time input W_t sinusoid(t)
     assert counts["time_head"] == cfg.width + 1
     off = meta_model("8b", time_conditioning=False).parameter_counts()
     assert off["time"] == 0 and off["transformer"] == counts["transformer"]

@@ -40,17 +40,17 @@ def test_untrained_modulation_ignores_tau():
     """Zero-initialised modulation: without the additive time input the model at initialisation does not
     depend on tau (times kept below 1, where the latent is read as it is)."""
     torch.manual_seed(0)
-    model = EvoTransformer(get_config("tiny", time_input=False))
+    model = EvoTransformer(get_config("tiny"))
     z, tau = inputs(model)
     a, b = model(z, tau), model(z, (1 - tau).clamp(0.01, 0.99))
     assert torch.equal(a.logits, b.logits) and torch.equal(a.time, b.time)
 
 
 def test_the_time_input_makes_time_visible_from_the_first_step():
-    """The default model sees each token's time at initialisation: a clean token and a noisy one with the
-    same latent give different outputs (the failure of an all-zero time path seen in training)."""
+    """With ``time_input`` the model sees each token's time at initialisation: a clean token and a noisy one with
+    the same latent give different outputs."""
     torch.manual_seed(0)
-    model = EvoTransformer(get_config("tiny"))
+    model = EvoTransformer(get_config("tiny", time_input=True))
     z, _ = inputs(model)
     clean, noisy = (model(z, torch.full(z.shape[:2], t)).logits for t in (0.0, 0.9))
     assert (clean - noisy).abs().max() > 1e-2
@@ -70,7 +70,7 @@ def test_a_latent_at_t_1_is_not_read():
 def test_untrained_model_is_the_time_agnostic_model():
     """At initialisation, time conditioning on is the plain Transformer with the same weights."""
     torch.manual_seed(0)
-    on = EvoTransformer(get_config("tiny", time_input=False))
+    on = EvoTransformer(get_config("tiny"))
     off = EvoTransformer(get_config("tiny", time_conditioning=False))
     missing, unexpected = off.load_state_dict(on.state_dict(), strict=False)
     assert not missing and all(k.startswith("time.") or k.endswith(("time_shift", "time_gate")) for k in unexpected)
