@@ -16,9 +16,9 @@ Parameter counts (exact, time conditioning on; computed on the meta device with
     8b       8,056,243,201   8,030,261,248    25,977,856        0       4,097
 
 "transformer" is the Llama-style body (latent embedding table, blocks, final norm, head);
-"time" the time MLP (and the additive time input when ``time_input``), the per-layer shift and gate offsets (the scale offsets are the norm
-weights, counted in the body); "latent" the input projection (absent when ``d_latent =
-width``); "time head" the ``that`` head.
+"time" the time MLP (and the additive time input when ``time_input``), the per-layer shift
+and gate offsets (the scale offsets are the norm weights, counted in the body); "latent" the
+input projection (absent when ``d_latent = width``); "time head" the ``that`` head.
 
 The ``8b`` row is the Llama-3-8B shape (32 layers, width 4096, 32 query and 8 key-value heads,
 SwiGLU 14336, vocabulary 128256, RoPE theta 500000, untied embedding and head); with
