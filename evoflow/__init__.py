@@ -10,6 +10,7 @@ docs/architecture.md (the layout) and ``proofs/``. This package never imports :m
 
 from evoflow import solvers
 from evoflow.autoregressive import ar_conditionals, ar_log_likelihood
+from evoflow.decoding import EvoController, GenerateResult, TokenSampler, generate
 from evoflow.elbo import ContinuousNELBO, NELBOResult, continuous_nelbo, nelbo
 from evoflow.estimators import Antithetic, LogSNRImportance, PathDistribution, Stratified, Uniform
 from evoflow.kernels import GaussianKernel, MixtureKernel
@@ -36,7 +37,9 @@ __all__ = [
     "ContinuousNELBO",
     "Cosine",
     "DenoiserOutput",
+    "EvoController",
     "GaussianKernel",
+    "GenerateResult",
     "IndependentTimes",
     "Linear",
     "LogLinear",
@@ -57,11 +60,13 @@ __all__ = [
     "Synchronous",
     "TableOracle",
     "TimeSampler",
+    "TokenSampler",
     "Uniform",
     "ar_conditionals",
     "ar_log_likelihood",
     "continuous_nelbo",
     "flow_log_likelihood",
+    "generate",
     "get_schedule",
     "log_likelihood",
     "nelbo",

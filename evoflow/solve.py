@@ -71,15 +71,20 @@ class SolveResult:
     times: Tensor | None = None
     trajectory: Tensor | None = None
     logdet: Tensor | None = None
+    memory: object = None
 
 
 def integrate(field: Field, solver: Solver, state: State, controller: Controller,
-              generator: torch.Generator | None = None, record: bool = False) -> SolveResult:
+              generator: torch.Generator | None = None, record: bool = False,
+              record_times: bool | None = None) -> SolveResult:
     """Run ``solver`` from ``controller.start()`` until the controller stops; the one solve loop (C2).
 
     A solver with ``whole_path`` integrates a grid fixed in advance at once (one ``odeint`` for the
     torchdiffeq adapter); otherwise, and under adaptive controllers, the loop takes one step per row.
+    ``record`` keeps the visited times and latents, ``record_times`` (default: ``record``) the times only.
+    The result's ``memory`` is the solver's final memory (a decoder's committed tokens).
     """
+    keep_times = record if record_times is None else record_times
     grid = controller.plan()
     if solver.whole_path and grid is not None:
         state, traj = solver.integrate_grid(field, state, grid, generator, record=record)
@@ -90,11 +95,13 @@ def integrate(field: Field, solver: Solver, state: State, controller: Controller
         while (t_to := controller.next(t, state, field)) is not None:
             state = solver.step(field, state, t, t_to, generator)
             t = t_to
-            if record:  # the latents of every row are kept only when asked for
+            if keep_times:
                 times.append(t)
+            if record:  # the latents of every row are kept only when asked for
                 traj.append(state.z)
     return SolveResult(z=state.z, tau=t, nfe=field.nfe, logdet=state.logdet,
-                       times=torch.stack(times) if record else None, trajectory=torch.stack(traj) if record else None)
+                       times=torch.stack(times) if keep_times else None,
+                       trajectory=torch.stack(traj) if record else None, memory=state.memory)
 
 
 def check_latents(z: Tensor, denoiser) -> None:

@@ -100,6 +100,7 @@ class CachedDenoiser:
 
     def __init__(self, model):
         self.model = model
+        self.hits = 0  # token positions served from the cache, summed over calls and rows
         self.reset()
 
     @property
@@ -131,6 +132,7 @@ class CachedDenoiser:
             self.cache = FrontierCache(len(self.model.blocks), z.shape[0])
             self._z, self._logits, self._time = z[:, :0].detach(), None, None
         P = self.cache.length
+        self.hits += P * z.shape[0]
         if z.shape[1] == P:
             return DenoiserOutput(logits=self._logits, time=self._time)
         out = self.model(z[:, P:], tau[:, P:], attention=Frontier(), cache=self.cache)
