@@ -2,6 +2,7 @@
 
   evoflow demo      the main job: verify's summary, train Evo and an AR baseline on text, compare them (C9, C13)
   evoflow train     train the time-conditioned Transformer; evoflow eval scores a trained run
+  evoflow sample    text from a trained run along a decoding controller (evo, ar, sync:K, block:B, rolling:W)
   evoflow solvers   list the registered solvers: name, kind, order, adaptive
   evoflow study     exact log-likelihood error against network calls on a Markov oracle (C2, C11)
   evoflow verify    check every claim of docs/theory.md on a fresh exact oracle (exit status 1 if one fails)
@@ -20,6 +21,7 @@ import time
 import torch
 
 from evoflow import solvers as _solvers
+from evoflow.cli_sample import add_sample_command
 from evoflow.cli_train import add_commands, usage_error
 from evoflow.study import fitted_order, likelihood_study, write_report
 
@@ -169,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     study.add_argument("--quick", action="store_true", help="two budgets per series instead of five")
     study.set_defaults(func=_cmd_study)
     add_commands(sub, _Formatter)
+    add_sample_command(sub, _Formatter, usage_error())
     verify = sub.add_parser("verify", help="check every claim of docs/theory.md on a fresh exact oracle",
                             formatter_class=_Formatter,
                             description="Check claims C1-C12 of docs/theory.md numerically on a random Markov oracle; "

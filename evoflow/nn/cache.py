@@ -37,40 +37,69 @@ def leading_committed(tau: Tensor) -> int:
 
 
 class LayerCache:
-    """Keys and values (B, KV, P, hd) of one layer's committed prefix, plus the chunk being computed."""
+    """Keys and values (B, KV, P, hd) of one layer's committed prefix, in a buffer allocated once.
 
-    def __init__(self):
-        self.keys: Tensor | None = None
-        self.values: Tensor | None = None
-        self._pending: tuple[Tensor, Tensor] | None = None
+    The buffer holds ``capacity`` positions (the sequence length, when known; otherwise it doubles when
+    full, so a generation copies O(L) entries in all, not O(L^2) as concatenating on every commit
+    would). A chunk is written after the prefix; committing n of its tokens only moves the prefix end.
+    """
+
+    def __init__(self, capacity: int | None = None):
+        self.capacity = capacity
+        self.length = 0  # committed positions
+        self._keys: Tensor | None = None
+        self._values: Tensor | None = None
+        self._chunk = 0  # positions of the last chunk, written after the prefix
+
+    @property
+    def keys(self) -> Tensor | None:
+        """The committed prefix's keys (B, KV, P, hd) (a view of the buffer), or None when empty."""
+        return None if self._keys is None or self.length == 0 else self._keys[:, :, : self.length]
+
+    @property
+    def values(self) -> Tensor | None:
+        """The committed prefix's values (B, KV, P, hd) (a view of the buffer), or None when empty."""
+        return None if self._values is None or self.length == 0 else self._values[:, :, : self.length]
+
+    def _reserve(self, k: Tensor, need: int) -> None:
+        size = 0 if self._keys is None else self._keys.shape[2]
+        if need <= size:
+            return
+        cap = max(need, self.capacity or 0, 2 * size)
+        shape = (k.shape[0], k.shape[1], cap, k.shape[3])
+        keys, values = k.new_empty(shape), k.new_empty(shape)
+        if self.length:
+            keys[:, :, : self.length] = self._keys[:, :, : self.length]
+            values[:, :, : self.length] = self._values[:, :, : self.length]
+        self._keys, self._values = keys, values
 
     def extend(self, k: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-        """Remember this chunk's k, v (B, KV, L, hd); return prefix and chunk together (B, KV, P + L, hd)."""
-        self._pending = (k.detach(), v.detach())
-        if self.keys is None:
-            return k, v
-        return torch.cat([self.keys, k], dim=2), torch.cat([self.values, v], dim=2)
+        """Write this chunk's k, v (B, KV, L, hd) after the prefix; return both together (B, KV, P + L, hd)."""
+        end = self.length + k.shape[2]
+        self._reserve(k, end)
+        self._keys[:, :, self.length : end] = k.detach()
+        self._values[:, :, self.length : end] = v.detach()
+        self._chunk = k.shape[2]
+        return self._keys[:, :, :end], self._values[:, :, :end]
 
     def commit(self, n: int) -> None:
-        """Append the first n tokens of the last chunk to the prefix."""
-        if self._pending is None:
-            raise RuntimeError("commit() before any chunk was computed")
-        k, v = (x[:, :, :n] for x in self._pending)
-        self.keys = k if self.keys is None else torch.cat([self.keys, k], dim=2)
-        self.values = v if self.values is None else torch.cat([self.values, v], dim=2)
-        self._pending = None
+        """The first n tokens of the last chunk join the prefix (no copy: they are in place already)."""
+        if n > self._chunk:
+            raise RuntimeError("commit() of more tokens than the last chunk computed")
+        self.length += n
+        self._chunk = 0
 
 
 class FrontierCache:
     """Per-layer keys and values of the first ``length`` tokens, all committed (t = 0).
 
     Pass it to ``model(z_chunk, tau_chunk, attention=Frontier(), cache=cache)`` with the
-    chunk starting at position ``cache.length``; the model extends it. Derivation:
-    proofs/p12_frontier_cache.md.
+    chunk starting at position ``cache.length``; the model extends it. ``capacity``: the sequence
+    length, so that every layer allocates its buffer once. Derivation: proofs/p12_frontier_cache.md.
     """
 
-    def __init__(self, layers: int, batch: int):
-        self.layers = [LayerCache() for _ in range(layers)]
+    def __init__(self, layers: int, batch: int, capacity: int | None = None):
+        self.layers = [LayerCache(capacity) for _ in range(layers)]
         self.batch = batch
         self.length = 0
 
@@ -129,7 +158,7 @@ class CachedDenoiser:
             raise ValueError("z must have shape (B, L, d) and tau (B, L)")
         if not self._valid_for(z, tau):
             self.reset()
-            self.cache = FrontierCache(len(self.model.blocks), z.shape[0])
+            self.cache = FrontierCache(len(self.model.blocks), z.shape[0], capacity=z.shape[1])
             self._z, self._logits, self._time = z[:, :0].detach(), None, None
         P = self.cache.length
         self.hits += P * z.shape[0]

@@ -21,7 +21,7 @@ from evoflow.train.data import DataError, TextTokenizer, load_corpus, prepare
 from evoflow.train.evaluate import PathScore, score_path
 from evoflow.train.loop import build_model, load_data
 
-__all__ = ["LoadedRun", "load_run"]
+__all__ = ["LoadedRun", "load_model", "load_run"]
 
 
 @dataclass
@@ -41,15 +41,20 @@ class LoadedRun:
         return score_path(self.model, self.rows, spec, K, t_min=self.config.t_min)
 
 
-def load_run(run: str | pathlib.Path, data: str | None = None) -> LoadedRun:
-    """Load ``run`` (a directory written by ``evoflow train``); score its validation rows, or ``data`` (C13)."""
-    run = pathlib.Path(run)
-    ckpt = load_checkpoint(run)  # CheckpointError naming the directory or the damaged file
+def load_model(run: str | pathlib.Path) -> tuple[EvoTransformer, TrainConfig, TextTokenizer, object]:
+    """(model in eval mode, config, tokenizer, checkpoint) of ``run``'s latest checkpoint; no data is read (C13)."""
+    ckpt = load_checkpoint(pathlib.Path(run))  # CheckpointError naming the directory or the damaged file
     cfg = TrainConfig(**ckpt.meta["config"])
     tok = TextTokenizer.from_json(ckpt.meta["tokenizer"], eos_id=ckpt.meta.get("eos_id"))
     model = build_model(cfg, tok.vocab_size)
     model.load_state_dict(ckpt.model)
-    model.eval()
+    return model.eval(), cfg, tok, ckpt
+
+
+def load_run(run: str | pathlib.Path, data: str | None = None) -> LoadedRun:
+    """Load ``run`` (a directory written by ``evoflow train``); score its validation rows, or ``data`` (C13)."""
+    run = pathlib.Path(run)
+    model, cfg, tok, ckpt = load_model(run)
     if data is None:
         prepared = load_data(cfg, run.parent / ".evoflow-cache")
         if any(ckpt.meta["data"].get(k) != prepared.identity[k] for k in ("sha256", "tokenizer_sha256")):

@@ -86,3 +86,24 @@ def test_explicit_cache_api(make_model):
         model(z[:1, 2:], tau[:1, 2:], attention=Frontier(), cache=cache)
     with pytest.raises(ValueError, match="cache has 5 layers"):
         model(z, tau, attention=Frontier(), cache=FrontierCache(layers=5, batch=2))
+
+
+def test_the_buffers_are_allocated_once_per_generation(make_model):
+    """With the sequence length known, every layer keeps one buffer over all commits (no copy per commit),
+    and a cache without a capacity grows by doubling: the number of reallocations is logarithmic."""
+    model = make_model(layers=2)
+    cached = CachedDenoiser(model)
+    z = torch.randn(2, 12, model.config.d_latent, generator=torch.Generator().manual_seed(3))
+    pointers = set()
+    for tau in decoding_schedule(B=2):
+        cached(z, tau)
+        pointers.add(cached.cache.layers[0]._keys.data_ptr())
+    assert len(pointers) == 1 and cached.cache.layers[0]._keys.shape[2] == 12
+    from evoflow.nn.cache import LayerCache
+
+    layer, sizes = LayerCache(), set()
+    for _ in range(64):
+        layer.extend(torch.ones(1, 1, 1, 2), torch.ones(1, 1, 1, 2))
+        layer.commit(1)
+        sizes.add(layer._keys.shape[2])
+    assert layer.keys.shape == (1, 1, 64, 2) and len(sizes) == 7  # 1, 2, 4, ..., 64
