@@ -6,8 +6,9 @@ import math
 import pytest
 
 import evoflow.verify as verify
+import evoflow.verify.mixture as mixture_module
 from evoflow.cli import main
-from evoflow.verify.mixture import check_c7, check_c8
+from evoflow.verify.mixture import check_c7, check_c8, check_c13
 from evoflow.verify_report import reading, verdict_line
 
 
@@ -16,7 +17,7 @@ def test_verify_passes_and_reports(args, tmp_path, capsys):
     assert main(["verify", *args, "--json", "--quiet", "--out", str(tmp_path)]) == 0
     out = json.loads(capsys.readouterr().out)
     claims = {row["claim"] for row in out["claims"]}
-    assert {f"C{i}" for i in range(1, 13)} <= claims
+    assert {f"C{i}" for i in range(1, 14)} <= claims
     assert out["passed"] and all(row["verdict"] == "pass" for row in out["claims"])  # alpha(1) = 0: nothing n/a
     (run,) = tmp_path.iterdir()
     report = (run / "report.md").read_text()
@@ -35,6 +36,24 @@ def test_loglinear_runs_c7_with_the_exact_prior_and_says_why_the_jump_row_cannot
     marginals, falls = check_c8(ctx)
     assert marginals.verdict == "n/a" and "alpha(1) = 0" in marginals.note
     assert falls.verdict == "pass"  # the parallel-step gap needs only an exact prior
+
+
+def test_loglinear_makes_c13s_oracle_row_n_a_and_says_why():
+    ctx = verify.make_context(verify.Settings(schedule="loglinear"))
+    exact, transformer = check_c13(ctx)
+    # the AR law reads the latents at t = 1 as zeros, an observation that still carries x when alpha(1) > 0
+    alpha1 = math.sqrt(1 / (1 + math.exp(12.0)))  # loglinear: alpha(1)^2 = sigmoid(gamma_min = -12)
+    assert exact.verdict == "n/a" and f"alpha(1) = {alpha1:.3g}" in exact.note and exact.measured > 1e-8
+    assert transformer.verdict == "pass"  # the Transformer carries its own (linear) schedule: alpha(1) = 0
+
+
+def test_c13s_transformer_row_is_n_a_for_a_transformer_with_alpha_one_positive(monkeypatch):
+    from evoflow.nn import EvoTransformer, get_config
+
+    monkeypatch.setattr(mixture_module, "tiny_transformer",
+                        lambda ctx, generator: EvoTransformer(get_config("tiny", layers=3, schedule="loglinear")))
+    _, row = check_c13(verify.make_context(verify.Settings()))
+    assert row.verdict == "n/a" and "needs alpha(1) = 0" in row.note and "(n/a: alpha(1) = 0.00248)" in row.expected
 
 
 @pytest.mark.parametrize(("field", "value"), [("vocab", 1), ("length", 1), ("dim", 0), ("schedule", "nope")])

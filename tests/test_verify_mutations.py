@@ -4,16 +4,20 @@ Each mutation keeps everything else exact (data, embeddings, joint decoder, prio
 statement does not involve the broken piece must still pass. The expectations follow from THEORY.md,
 not from a previous run: see the comment on each. C12 (a Transformer, no oracle) is left out for time;
 the flow checks run with a looser solver tolerance (1e-7, threshold 1e-4): the mutated fields miss the
-closed form by 1e-3 .. 1e2, so they fail the default 1e-7 threshold a fortiori.
+closed form by 1e-3 .. 1e2, so they fail the default 1e-7 threshold a fortiori. C13's Transformer row is
+broken through the model it is given (``tiny_transformer``) and through the ELBO's clean-end decoder.
 """
 
 import pytest
+import torch
 
+import evoflow.elbo as elbo_module
 import evoflow.field as field_module
 import evoflow.verify as verify
+import evoflow.verify.mixture as mixture_module
 from evoflow.process import DenoiserOutput
 from evoflow.schedules import Cosine
-from evoflow.verify.mixture import check_c7, check_c8
+from evoflow.verify.mixture import check_c7, check_c8, check_c13
 
 SETTINGS = verify.Settings(flow_rtol=1e-7)
 CHECKS = [c for c in verify.CHECKS if c is not verify.check_c12]
@@ -69,7 +73,7 @@ def exact_rows():
 
 def test_the_exact_oracle_passes_every_claim(exact_rows):
     assert failing(exact_rows) == set()
-    assert set(by_claim(exact_rows)) == {f"C{i}" for i in range(1, 12)}
+    assert set(by_claim(exact_rows)) == {f"C{i}" for i in range(1, 14)} - {"C12"}
 
 
 @pytest.mark.parametrize("factor", [0.7, 1.5], ids=["flatter", "sharper"])
@@ -82,7 +86,8 @@ def test_a_tempered_posterior_fails_the_claims_that_need_the_exact_posterior(fac
     # C6: NELBO_inf = -log p(x) needs the Bayes-optimal denoiser; tempering adds its excess squared error.
     # C7: the mixture kernel is the exact reverse kernel only with the exact posterior.
     # C8: the K = 1 synchronous NELBO is the sum of -log p(x_i) only if the weights are the exact marginals.
-    assert failing(rows) == {"C1", "C2", "C6", "C7", "C8", "C11"}
+    # C13: the AR law of the tempered denoiser multiplies tempered conditionals, not p(x_i | x_<i).
+    assert failing(rows) == {"C1", "C2", "C6", "C7", "C8", "C11", "C13"}
     # C3, C10: identities that involve no denoiser. C4: NELBO_K -> NELBO_inf at O(1/K) for any smooth
     # denoiser (a Riemann sum of its own integrand). C9: unbiasedness of the s-samplers and the bound in
     # data average hold for any denoiser. C5 is not asserted: it rests on the MMSE of the exact posterior
@@ -97,8 +102,9 @@ def test_a_wrong_schedule_derivative_fails_the_claims_that_use_it(exact_rows):
     # tends to a constant. C6: the continuous NELBO is then below -log p(x). C9: the path mixture stops being
     # a bound (too small) and logSNR importance weights use the wrong dlogSNR/dt.
     assert failing(rows) == {"C1", "C2", "C4", "C6", "C9", "C11"}
-    # C3, C5, C7, C8, C10 read alpha and sigma only (q, SNR, step posteriors): the very same numbers.
-    kept = [r for r in exact_rows if r.claim in ("C3", "C5", "C7", "C8", "C10")]
+    # C3, C5, C7, C8, C10 read alpha and sigma only (q, SNR, step posteriors): the very same numbers; C13 reads
+    # the logits at t in {0, 1} only (and its Transformer row does not involve the denoiser under test).
+    kept = [r for r in exact_rows if r.claim in ("C3", "C5", "C7", "C8", "C10", "C13")]
     mutated = {(r.claim, r.quantity): r.measured for r in rows}
     assert kept and all(mutated[(r.claim, r.quantity)] == r.measured for r in kept)
 
@@ -134,3 +140,49 @@ def test_the_gaussian_prior_is_not_exact_for_loglinear():
     row = check_c7(ctx)[0]
     assert ctx.alpha1 > 1e-3  # sqrt(sigmoid(-12)) = 2.5e-3: z^0 still carries x at that scale
     assert row.verdict == "FAIL" and row.measured > 1e-4
+
+
+def _c13_with(monkeypatch, change):
+    """C13's rows when the Transformer it builds is first passed through ``change(model)``."""
+    right = mixture_module.tiny_transformer
+
+    def build(ctx, generator):
+        model = right(ctx, generator)
+        change(model)
+        return model
+
+    monkeypatch.setattr(mixture_module, "tiny_transformer", build)
+    exact, transformer = check_c13(verify.make_context(verify.Settings()))
+    assert exact.verdict == "pass"  # the oracle row does not involve the Transformer
+    return transformer
+
+
+def test_c13_exact_transformer_row_passes(monkeypatch):
+    row = _c13_with(monkeypatch, lambda model: None)
+    assert row.verdict == "pass" and row.measured < 1e-9
+
+
+def test_c13_fails_when_the_transformer_decodes_with_the_waiting_tokens_visible(monkeypatch):
+    """A Bidirectional default pattern: the NELBO's calls let the prefix and the moving token read the tokens at
+    t = 1 (their times and positions; their latents are read as zeros, so the NELBO still has no variance), while
+    ``ar_logits`` scores the Frontier law: the two sides are different laws and the row must FAIL."""
+    from evoflow.nn import Bidirectional
+
+    row = _c13_with(monkeypatch, lambda model: setattr(model, "attention", Bidirectional()))
+    assert row.verdict == "FAIL" and row.measured > 1e-3
+
+
+def test_c13_fails_when_the_transformer_reads_its_pure_noise_latent(monkeypatch):
+    """Frontier lets the moving token read itself (k = q); only the zeros the model reads at t = 1 when
+    alpha(1) = 0 keep its output independent of the noise draw. Without them the NELBO varies across the
+    trajectories (SE > 0) and misses ``-log p^AR`` (computed at zero latents): FAIL."""
+    row = _c13_with(monkeypatch, lambda model: setattr(model, "_blank_noise", False))
+    assert row.verdict == "FAIL" and row.measured > 1e-3
+
+
+def test_c13_fails_with_a_softmax_decoder_at_the_clean_end(monkeypatch):
+    """C13 needs the exact decoder at t_min = 0 (z = e_x identifies x); a factorised softmax decoder there adds
+    ``-sum_i log softmax(logits_i)[x_i] > 0`` (about log V per token for a nearly uniform model): FAIL."""
+    monkeypatch.setattr(elbo_module, "_identified", lambda x, z, tau, denoiser: torch.zeros(x.shape, dtype=torch.bool))
+    row = _c13_with(monkeypatch, lambda model: None)
+    assert row.verdict == "FAIL" and row.measured > 1.0

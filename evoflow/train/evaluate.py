@@ -82,7 +82,8 @@ class _GaussianDecoded:
     def log_posterior(self, x: Tensor, z: Tensor, tau: Tensor) -> Tensor:
         E = self.embeddings.detach().to(torch.float64)
         a, s2 = self.schedule.alpha(tau)[..., None], (self.schedule.sigma(tau) ** 2)[..., None]  # (B, L, 1)
-        d2 = ((z.to(torch.float64)[:, :, None, :] - a[..., None] * E) ** 2).sum(-1)  # (B, L, V)
+        # ||z - a e_v||^2 up to the v-free ||z||^2, through z @ E^T: memory (B, L, V), not (B, L, V, d)
+        d2 = a**2 * (E**2).sum(-1) - 2 * a * (z.to(torch.float64) @ E.T)  # (B, L, V)
         gap = d2 - d2.gather(-1, x[..., None])
         logp = torch.where(s2 > 0, -torch.logsumexp(-gap / (2 * s2.clamp_min(1e-300)), -1, keepdim=True), 0.0)
         return logp.squeeze(-1).sum(-1)

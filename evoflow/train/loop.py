@@ -217,6 +217,7 @@ class Run:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2))
             (self.out / "tokenizer.json").write_text(self.data.tokenizer.to_json())
+            (self.out / "data.json").write_text(json.dumps(self.data.identity, indent=2))
             if self.ckpt is None:  # a fresh run: lines left by one killed before its first checkpoint go
                 (self.out / "metrics.jsonl").unlink(missing_ok=True)
         bar = tqdm(total=cfg.steps, initial=self.step, desc=f"train {self.out.name}", unit="step",

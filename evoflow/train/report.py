@@ -63,12 +63,16 @@ def write_run_report(run: pathlib.Path, cfg, summary: dict) -> pathlib.Path:
     rows = read_metrics(run)
     plot_curves({run.name: rows}, run / "loss.png")
     speed = sorted(r["tokens_per_s"] for r in rows[1:]) or [math.nan]
+    source = json.loads((run / "data.json").read_text()) if (run / "data.json").exists() else {}
+    corpus = ", ".join(f"{k} {source[k]}" for k in ("name", "sha256", "python_version", "characters") if k in source)
     text = [
         f"# Training run `{run.name}`",
         "",
         f"Model `{cfg.size}` (overrides {cfg.model or 'none'}), data `{cfg.data}`, {cfg.steps} steps of "
         f"{cfg.batch} x {cfg.seq} tokens, path mixture `{cfg.mixture}` ({cfg.surrogate} integrand, t_min "
         f"{cfg.t_min:g}), seed {cfg.seed}.",
+        "",
+        f"Corpus: {corpus or 'unrecorded'} (all of it in `data.json`).",
         "",
         f"Validation at step {summary['step']} over {summary['val_tokens']} tokens:",
         "",

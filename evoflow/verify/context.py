@@ -20,7 +20,7 @@ from evoflow.paths import Rolling, Staircase, Synchronous
 from evoflow.process import check_denoiser
 from evoflow.schedules import get_schedule, schedule_names
 
-__all__ = ["ClaimResult", "Context", "Settings", "make_context"]
+__all__ = ["ClaimResult", "Context", "Settings", "make_context", "tiny_transformer"]
 F64 = torch.float64
 
 
@@ -43,7 +43,7 @@ class Settings:
 
 @dataclass
 class ClaimResult:
-    """One row of the verification table; ``verdict`` is ``pass``, ``FAIL`` or ``n/a`` (C1-C12).
+    """One row of the verification table; ``verdict`` is ``pass``, ``FAIL`` or ``n/a`` (C1-C13).
 
     ``note`` says why a row is ``n/a`` (or what its numbers mean), computed from the run.
     """
@@ -58,7 +58,7 @@ class ClaimResult:
 
 @dataclass
 class Context:
-    """Truth (``oracle``), the denoiser under test (``model``), data, the exact prior, the figures' series (C1-C12)."""
+    """Truth (``oracle``), the denoiser under test (``model``), data, the exact prior, the figures' series (C1-C13)."""
 
     settings: Settings
     oracle: MarkovOracle
@@ -141,6 +141,23 @@ def make_context(s: Settings, transform: Callable[[MarkovOracle], object] | None
         w = torch.full((64,), 1 / 64, dtype=F64)
     alpha1 = float(model.schedule.alpha(torch.tensor(1.0, dtype=F64)))
     return Context(s, oracle, model, x, w, alpha1, prior=None if alpha1 == 0.0 else oracle.log_marginal)
+
+
+def tiny_transformer(ctx: Context, generator: torch.Generator):
+    """The tiny 3-layer Transformer of the C12 and C13 rows (float32, its own linear schedule), with its time
+    conditioning made live (time MLP, per-layer shift and gate offsets moved by ``generator``), as after training.
+
+    The weights depend only on the run's seed and ``generator``: C13 rebuilds C12's model from ``ctx.gen(12)``.
+    """
+    from evoflow.nn import EvoTransformer, get_config
+
+    torch.manual_seed(ctx.settings.seed)
+    model = EvoTransformer(get_config("tiny", layers=3)).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if name.startswith("time.") or name.endswith(("time_shift", "time_gate")):
+                p.add_(0.2 * torch.randn(p.shape, generator=generator))
+    return model
 
 
 def some(ctx: Context, n: int = 4) -> torch.Tensor:

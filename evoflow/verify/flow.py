@@ -1,7 +1,8 @@
 """Checks of the flow and of the identities: C1, C2, C11 (on the denoiser under test), C3, C10, C12.
 
 C1, C2 and C11 compare the model's velocity field with the oracle's exact density ``log p_tau(z)``;
-C3 and C10 are identities that involve no denoiser; C12 runs on a tiny Transformer.
+C3 and C10 are identities that involve no denoiser; C12 runs on a tiny Transformer
+(:func:`~evoflow.verify.context.tiny_transformer`, which C13 reuses).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from evoflow.kernels import gaussian_step_kl
 from evoflow.likelihood import log_likelihood
 from evoflow.process import posterior_mean, q_sample, step_posterior
 from evoflow.solvers import get
-from evoflow.verify.context import F64, ClaimResult, Context, paths, some, verdict
+from evoflow.verify.context import F64, ClaimResult, Context, paths, some, tiny_transformer, verdict
 
 __all__ = ["check_c1", "check_c2_c11", "check_c3", "check_c10", "check_c12"]
 
@@ -99,15 +100,11 @@ def check_c10(ctx: Context) -> ClaimResult:
 
 def check_c12(ctx: Context) -> ClaimResult:
     """Frontier attention with a KV cache of the committed prefix equals full recomputation (C12)."""
-    from evoflow.nn import CachedDenoiser, EvoTransformer, Frontier, get_config
+    from evoflow.nn import CachedDenoiser, Frontier
 
     g = ctx.gen(12)
-    torch.manual_seed(ctx.settings.seed)
-    model = EvoTransformer(get_config("tiny", layers=3)).eval()
+    model = tiny_transformer(ctx, g)  # time conditioning live, as after training
     with torch.no_grad():
-        for name, p in model.named_parameters():  # make time conditioning live, as after training
-            if name.startswith("time.") or name.endswith(("time_shift", "time_gate")):
-                p.add_(0.2 * torch.randn(p.shape, generator=g))
         z = torch.randn(2, 12, model.config.d_latent, generator=g)
         cached, worst = CachedDenoiser(model), 0.0
         for frontier in range(13):  # tokens commit left to right while the active ones keep moving
