@@ -28,9 +28,12 @@ from evoflow.train.report import plot_curves, read_metrics, unigram_bits
 
 __all__ = ["run_demo", "write_demo_report"]
 
-DEMO = TrainConfig(size="demo", data="docstrings", vocab=2048, seq=128, batch=16, steps=300, eval_every=100,
-                   checkpoint_every=100, eval_rows=48)
-PATHS = ("ar", "sync:16", "rolling:4", "block:4")
+DEMO = TrainConfig(size="demo", data="docstrings", vocab=2048, seq=128, batch=16, steps=300, eval_every=150,
+                   checkpoint_every=150, eval_rows=32)
+# rolling:4 with 66 steps (two clock units per step) rather than one per knot (131): half the calls, within the
+# demo's five minutes. Still a valid bound; C5 (refinement helps) holds for the exact posterior, and for these
+# trained models the 131-step grid measured looser, 20.1 against 18.0 bits for Evo (bench/RESULTS.md)
+PATHS = ("ar", "sync:16", "rolling:4:66", "block:4")
 
 
 def _verify_summary(out: pathlib.Path) -> list[str]:

@@ -55,6 +55,10 @@ class Field:
         self.nfe = 0
         self._last: tuple[Tensor, tuple[int, int], Tensor, Evaluation] | None = None
 
+    def forget(self) -> None:
+        """Drop the one-entry cache (the next call evaluates the denoiser again)."""
+        self._last = None
+
     def _u_and_ehat(self, z: Tensor, tau: Tensor) -> tuple[Tensor, Tensor, DenoiserOutput]:
         out = check_output(self.denoiser(z, tau), z, self.embeddings.shape[0])
         ehat = denoised(out, self.embeddings, z)

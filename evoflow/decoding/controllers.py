@@ -127,6 +127,13 @@ class _EvoRun(Controller):
     def start(self) -> Tensor:
         return self.tau0
 
+    def horizon(self, t: Tensor) -> int:
+        """Positions the next call must cover: every token not pure noise and the active window (C13)."""
+        open_ = t > 0
+        reach = (t < 1) | (open_ & (open_.long().cumsum(-1) <= self.cfg.window))
+        idx = torch.arange(1, t.shape[1] + 1, device=t.device)[reach.any(0)]
+        return int(idx.max()) if idx.numel() else 1
+
     def next(self, t: Tensor, state: State, field: Field) -> Tensor | None:
         cfg, open_ = self.cfg, t > 0  # (B, L) tokens still to decode
         if not bool(open_.any()):

@@ -24,8 +24,8 @@ from evoflow.decoding.controllers import EvoController, path_controller
 from evoflow.decoding.sampler import Committing, TokenSampler, TokenStep
 from evoflow.field import Field
 from evoflow.paths import Path
-from evoflow.process import check_denoiser
-from evoflow.solve import integrate
+from evoflow.process import DenoiserOutput, check_denoiser
+from evoflow.solve import Controller, integrate
 from evoflow.solvers.base import Solver, State, get
 
 __all__ = ["GenerateResult", "generate"]
@@ -83,6 +83,55 @@ class _CountingField(Field):
             open_ = (tau > 0).any(-1).long()
             self.row_calls = open_ if self.row_calls is None else self.row_calls + open_
         return ev
+
+
+class _Truncated:
+    """The denoiser called on the first ``n`` positions only, for a denoiser whose outputs do not depend on a
+    suffix of pure-noise tokens (``hides_noise``: the Transformer under ``Frontier``, C13); positions from ``n``
+    on, which the step neither reads nor moves, get uniform logits and time 1."""
+
+    def __init__(self, denoiser):
+        self.denoiser, self.schedule, self.embeddings = denoiser, denoiser.schedule, denoiser.embeddings
+        self.n: int | None = None
+
+    @property
+    def hits(self) -> int:
+        """The wrapped denoiser's cache hits (0 without a cache)."""
+        return getattr(self.denoiser, "hits", 0)
+
+    def __call__(self, z: Tensor, tau: Tensor) -> DenoiserOutput:
+        n, L = self.n, z.shape[1]
+        if n is None or n >= L:
+            return self.denoiser(z, tau)
+        out = self.denoiser(z[:, :n], tau[:, :n])
+
+        def pad(v: Tensor | None, fill: float) -> Tensor | None:
+            return None if v is None else torch.cat([v, v.new_full((v.shape[0], L - n, *v.shape[2:]), fill)], 1)
+
+        return DenoiserOutput(logits=pad(out.logits, 0.0), time=pad(out.time, 1.0), ehat=pad(out.ehat, 0.0))
+
+
+class _Horizon(Controller):
+    """Sets how far ``view`` calls reach: every token read or moved in the step (t < 1, or t_to != t), and, for a
+    controller that evaluates inside ``next`` (Evo), its own ``horizon(t)`` for that call."""
+
+    def __init__(self, inner: Controller, view: _Truncated):
+        self.inner, self.view = inner, view
+
+    def start(self) -> Tensor:
+        return self.inner.start()
+
+    def next(self, t: Tensor, state: State, field: Field) -> Tensor | None:
+        ahead = getattr(self.inner, "horizon", None)
+        used = self.view.n = t.shape[1] if ahead is None else ahead(t)
+        t_to = self.inner.next(t, state, field)
+        if t_to is not None:
+            live = ((t < 1) | (t_to != t)).any(0)  # (L,)
+            need = int(torch.arange(1, t.shape[1] + 1, device=t.device)[live].max()) if bool(live.any()) else 1
+            if ahead is not None and need > used:  # the controller's call saw too little: evaluate again
+                field.forget()
+            self.view.n = need
+        return t_to
 
 
 def _prompt(prompt, batch: int, length: int, vocab: int, device) -> Tensor:
@@ -155,6 +204,9 @@ def generate(denoiser, length: int, controller, steps: int | None = None, batch:
     z[:, :P] = E[ids].detach()
     tokens = torch.full((batch, length), -1, dtype=torch.long, device=E.device)
     tokens[:, :P] = ids
+    if getattr(denoiser, "hides_noise", False):  # leave the pure-noise suffix out of every call
+        denoiser = _Truncated(denoiser)
+        ctrl = _Horizon(ctrl, denoiser)
     field = _CountingField(denoiser)
     hits0 = getattr(denoiser, "hits", 0)
     out = integrate(field, stepper, State(z=z, memory=stepper.begin(tokens)), ctrl, generator, record_times=True)

@@ -39,6 +39,7 @@ class AttentionPattern:
     """Base class (THEORY section 8): ``mask(tau, offset)`` -> (B, 1, L, offset + L) bool, or None for all-to-all."""
 
     cacheable: bool = False
+    hides_noise: bool = False  # no query but its own sees a key at t = 1: a suffix of pure noise can be dropped
 
     def mask(self, tau: Tensor, offset: int = 0) -> Tensor | None:
         """Mask for queries at times ``tau`` (B, L) after ``offset`` cached committed keys."""
@@ -77,6 +78,7 @@ class Frontier(AttentionPattern):
     """
 
     cacheable = True
+    hides_noise = True
 
     def mask(self, tau: Tensor, offset: int = 0) -> Tensor:
         q_pos, k_pos = _positions(tau, offset)

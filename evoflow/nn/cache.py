@@ -132,6 +132,8 @@ class CachedDenoiser:
         self.hits = 0  # token positions served from the cache, summed over calls and rows
         self.reset()
 
+    hides_noise = True  # Frontier: positions after the last non-noise token can be left out (C13)
+
     @property
     def schedule(self):
         """The wrapped model's noise schedule."""

@@ -193,6 +193,12 @@ class EvoTransformer(nn.Module):
         self.init_weights()
 
     @property
+    def hides_noise(self) -> bool:
+        """Whether the default pattern hides keys at t = 1 from every other query (``Frontier``): then outputs do
+        not depend on a suffix of pure-noise tokens, which a decoder may leave out of the call (C13)."""
+        return self.attention.hides_noise
+
+    @property
     def embeddings(self) -> Tensor:
         """The latent embedding table E (V, d_latent) that the forward process noises (THEORY section 2):
         rows rescaled to norm sqrt(d_latent) unless ``config.embedding == "learned"``."""

@@ -315,13 +315,10 @@ class PathMixture:
         z = (sch.alpha(tau)[..., None].to(e.dtype) * e).addcmul_(sch.sigma(tau)[..., None].to(e.dtype),
                                                                   noise.to(device=dev, dtype=e.dtype))
         out = model(z, tau) if lay.start is None else model.two_stream(x, z, tau, lay.start.to(dev))
-        at_least_32 = torch.promote_types(out.logits.dtype, torch.float32)  # float32 over V (float64 models: 64)
-        logp = torch.log_softmax(out.logits.to(at_least_32), -1)
-        nll = -logp.gather(-1, x[..., None]).squeeze(-1).to(torch.float64)  # (b, L)
         if lay.jump is not None:
-            return (nll * lay.jump.to(dev)).sum(-1), x.new_zeros((), dtype=torch.float64), 0
+            return (_nll(out.logits, x) * lay.jump.to(dev)).sum(-1), x.new_zeros((), dtype=torch.float64), 0
         if self.surrogate == "ce":
-            D = embedding_diameter(E.detach()) ** 2 * nll
+            D = embedding_diameter(E.detach()) ** 2 * _nll(out.logits, x)
         else:
             D = ((e.to(torch.float64) - posterior_mean(out.logits, E).to(torch.float64)) ** 2).sum(-1)
         moving = weight > 0
@@ -329,6 +326,13 @@ class PathMixture:
             (((out.time.to(torch.float64) - tau) ** 2) * moving).sum()
         recon = gaussian_decoder_nll(x, E, sch, self.t_min, decoder.to(dev))
         return (weight * D).sum(-1) + recon, err, int(moving.sum())
+
+
+def _nll(logits: Tensor, x: Tensor) -> Tensor:
+    """``-log softmax(logits)[x]`` (b, L) in float64, the softmax in at least float32 (over V)."""
+    at_least_32 = torch.promote_types(logits.dtype, torch.float32)  # float32 over V (float64 models: 64)
+    logp = torch.log_softmax(logits.to(at_least_32), -1)
+    return -logp.gather(-1, x[..., None]).squeeze(-1).to(torch.float64)
 
 
 def gaussian_decoder_nll(x: Tensor, E: Tensor, schedule: Schedule, t_min: float, noise: Tensor) -> Tensor:

@@ -177,3 +177,42 @@ def test_bad_input_is_refused_naming_the_argument(table, kwargs, match):
 def test_bad_controller_settings_are_refused_naming_the_argument(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
         EvoController(**kwargs)
+
+
+class _Opaque:
+    """The same model without ``hides_noise``: every call covers the whole sequence."""
+
+    def __init__(self, model):
+        self.model, self.schedule, self.embeddings = model, model.schedule, model.embeddings
+
+    def __call__(self, z, tau):
+        return self.model(z, tau)
+
+
+@pytest.mark.parametrize("controller, steps", [(ef.Staircase(1), None), (ef.Rolling(2.0), None),
+                                               (EvoController(window=3, min_step=0.3), None)])
+def test_leaving_out_the_pure_noise_suffix_changes_nothing(controller, steps):
+    """Under Frontier the outputs do not depend on tokens at t = 1 (C13): float64, same seed, same tokens."""
+    from evoflow.nn import EvoTransformer, get_config
+
+    torch.manual_seed(0)
+    model = EvoTransformer(get_config("tiny")).double().eval()
+    args = dict(batch=4, prompt=[3, 4], steps=steps)
+    short = ef.generate(model, 10, controller, generator=torch.Generator().manual_seed(2), **args)
+    whole = ef.generate(_Opaque(model), 10, controller, generator=torch.Generator().manual_seed(2), **args)
+    assert torch.equal(short.tokens, whole.tokens) and short.nfe == whole.nfe
+    torch.testing.assert_close(short.times, whole.times, rtol=0, atol=1e-10)  # Evo's steps: float64 rounding
+
+
+def test_ar_decoding_with_the_cache_computes_two_positions_per_call():
+    from evoflow.nn import CachedDenoiser, EvoTransformer, get_config
+
+    torch.manual_seed(0)
+    model = EvoTransformer(get_config("tiny")).eval()
+    seen = []
+    model.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1]))
+    r = ef.generate(CachedDenoiser(model), 12, ef.Staircase(1), batch=2, prompt=[1, 2])
+    # the prompt and the first new token, then per call the token just committed (its keys at t = 0 are new)
+    # and the next one: O(1) positions per call, however long the prefix
+    assert r.nfe == 10 and seen == [3] + [2] * 9
+    assert r.cache_hits == 2 * sum(range(2, 11))  # rows x cached prefix at each call after the first
