@@ -62,10 +62,15 @@ class EvoController:
     ``min_commits`` tokens per call (the leftmost under the frontier, else the most confident: the
     progress guarantee, as Fast-dLLM commits its top-1); the call that reaches ``max_calls`` commits
     everything left, so no sequence ever takes more calls. Reusable: :meth:`begin` starts one decoding.
+
+    The defaults are the setting study e04 recommends (experiments/e04_adaptive_decoding): with
+    ``min_step = 0`` and ``kappa = 16`` only confident tokens move between commits, the leftmost open token
+    commits when nothing else does, and a token commits early at probability 0.99; on e04's oracle
+    (L = 32) that is near AR quality at 0.70 L calls.
     """
 
-    def __init__(self, window: int = 16, min_step: float = 0.25, max_step: float = 1.0, kappa: float = 1.0,
-                 uncertainty: str = "entropy", frontier: bool = True, commit_threshold: float | None = 0.9,
+    def __init__(self, window: int = 32, min_step: float = 0.0, max_step: float = 1.0, kappa: float = 16.0,
+                 uncertainty: str = "entropy", frontier: bool = True, commit_threshold: float | None = 0.99,
                  max_calls: int | None = None, min_commits: int = 1):
         self.window = as_int(window, "window", minimum=1)
         self.min_step = as_float(min_step, "min_step", low=0.0, high=1.0)

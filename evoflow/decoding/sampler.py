@@ -45,6 +45,9 @@ class TokenSampler:
     def probabilities(self, logits: Tensor) -> Tensor:
         """The sampling distribution (B, L, V) in float64: tempered, nucleus-truncated, renormalised."""
         logits = logits.to(torch.float64)
+        if bool(torch.isnan(logits).any()):  # e.g. an oracle conditioned on a prefix of probability 0
+            raise FloatingPointError("logits: the denoiser returned NaN; no token can be drawn (for an exact oracle "
+                                     "this means the committed tokens have probability 0 under it)")
         if self.temperature == 0.0:
             return torch.nn.functional.one_hot(logits.argmax(-1), logits.shape[-1]).to(torch.float64)
         p = torch.softmax(logits / self.temperature, -1)
