@@ -99,7 +99,7 @@ class _Counter:
 def test_cost_accounting_equals_the_calls_a_wrapper_counts_and_excludes_the_prompt():
     oracle = random_markov(5, 8, 3, ef.get_schedule("cosine"), seed=6)
     counted = _Counter(oracle)
-    evo = EvoController(window=8, min_step=0.1, max_step=1.0, commit_threshold=0.6)
+    evo = EvoController(window=8, min_step=0.1, max_step=1.0, kappa=1.0, commit_threshold=0.6)
     r = ef.generate(counted, 8, evo, batch=5, prompt=[1, 2], generator=torch.Generator().manual_seed(1))
     assert r.nfe == counted.calls
     assert torch.equal(r.calls_per_sequence, counted.rows)
