@@ -174,7 +174,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_sample_command(sub, _Formatter, usage_error())
     verify = sub.add_parser("verify", help="check every claim of docs/theory.md on a fresh exact oracle",
                             formatter_class=_Formatter,
-                            description="Check claims C1-C13 of docs/theory.md numerically on a random Markov oracle; "
+                            description="Check claims C1-C14 of docs/theory.md numerically on a random Markov oracle; "
                                         "exit status 1 if a check fails.")
     _oracle_options(verify, vocab=3, length=3, min_length=2)
     verify.add_argument("--dim", type=_integer(1, "an integer >= 1"), default=2, help="embedding dimension d")
@@ -184,7 +184,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``evoflow`` command (demo, train, eval, solvers, the C2/C11 study, verify of C1-C13);
+    """Entry point of the ``evoflow`` command (demo, train, eval, solvers, the C2/C11 study, verify of C1-C14);
     returns the exit status."""
     parser = build_parser()
     args = parser.parse_args(argv)

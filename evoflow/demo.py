@@ -1,4 +1,4 @@
-"""``evoflow demo``, the main job: the claims verified, then Evo against AR on real text (THEORY C1-C13).
+"""``evoflow demo``, the main job: the claims verified, then Evo against AR on real text (THEORY C1-C14).
 
 On two CPU cores in about five minutes:
 
@@ -53,7 +53,7 @@ def _train(cfg: TrainConfig, out: pathlib.Path, progress: bool) -> tuple[Run, di
 
 
 def run_demo(out: pathlib.Path, steps: int | None = None, progress: bool = True) -> pathlib.Path:
-    """Run the demo into ``out``; return the report's path (THEORY C1-C13)."""
+    """Run the demo into ``out``; return the report's path (THEORY C1-C14)."""
     start = time.perf_counter()
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     print("evoflow demo\n\n1. evoflow verify: every claim on a fresh exact oracle")

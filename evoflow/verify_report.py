@@ -1,4 +1,4 @@
-"""The report of ``evoflow verify``: the claims table, the figures and ``report.md`` (THEORY C1-C13).
+"""The report of ``evoflow verify``: the claims table, the figures and ``report.md`` (THEORY C1-C14).
 
 Every sentence of the report is built from the rows and series of the run: the verdict line counts
 the rows, the notes say why a row is ``n/a``, the reading restates each claim with its measured
@@ -30,11 +30,13 @@ CLAIM = {  # what each claim states (docs/theory.md), to be followed by whether 
     "C12": "a KV cache of the committed prefix gives the same logits as full recomputation",
     "C13": "AR decoding with the token sampler has an exact likelihood: log p(x) for an oracle, the NELBO with zero "
            "variance for the Transformer",
+    "C14": "the Evo controller's limits are AR decoding (window 1, full steps) and synchronous K-step decoding "
+           "(window L, steps 1/K), which sample p(x) and, at K = 1, the product of the marginals",
 }
 
 
 def table(rows: list[ClaimResult]) -> str:
-    """The verification rows (claims C1-C13) as a markdown table."""
+    """The verification rows (claims C1-C14) as a markdown table."""
     out = ["| claim | quantity | measured | expected | verdict |", "|---|---|---|---|---|"]
     esc = lambda text: text.replace("|", "\\|")  # noqa: E731
     out += [f"| {r.claim} | {esc(r.quantity)} | {r.measured:.3g} | {esc(r.expected)} | {r.verdict} |" for r in rows]
@@ -42,7 +44,7 @@ def table(rows: list[ClaimResult]) -> str:
 
 
 def verdict_line(rows: list[ClaimResult]) -> str:
-    """One sentence counting the rows that held, failed and could not run (C1-C13)."""
+    """One sentence counting the rows that held, failed and could not run (C1-C14)."""
     failed = [r for r in rows if r.verdict == "FAIL"]
     na = [r for r in rows if r.verdict == "n/a"]
     checked = len(rows) - len(na)
@@ -54,7 +56,7 @@ def verdict_line(rows: list[ClaimResult]) -> str:
 
 
 def reading(rows: list[ClaimResult]) -> list[str]:
-    """Per claim: its statement, whether it held here, and the measured numbers behind that (C1-C13)."""
+    """Per claim: its statement, whether it held here, and the measured numbers behind that (C1-C14)."""
     out = []
     for claim in dict.fromkeys(r.claim for r in rows):
         mine = [r for r in rows if r.claim == claim]
@@ -110,7 +112,7 @@ def _prior_sentence(settings: Settings) -> str:
 
 
 def report(rows: list[ClaimResult], series: dict, settings: Settings, outdir, command: str) -> str:
-    """Write ``report.md`` (claims C1-C13) and its figures under ``outdir``; return the report text."""
+    """Write ``report.md`` (claims C1-C14) and its figures under ``outdir``; return the report text."""
     outdir.mkdir(parents=True, exist_ok=True)
     figures = plot(series, outdir)
     notes = [f"- {r.claim} ({r.quantity}): {r.note}" for r in rows if r.note]

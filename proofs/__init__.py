@@ -1,4 +1,4 @@
-"""Derivations of the claims C1-C13 of docs/theory.md: one ``pNN_slug.md`` + ``pNN_slug.py`` (sympy) per claim.
+"""Derivations of the claims C1-C14 of docs/theory.md: one ``pNN_slug.md`` + ``pNN_slug.py`` (sympy) per claim.
 
 The modules import only sympy and the standard library. Each exposes small builders of the key
 expressions (taking ``alpha``, ``sigma`` as sympy callables, generic functions by default) and

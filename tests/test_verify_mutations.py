@@ -5,16 +5,20 @@ statement does not involve the broken piece must still pass. The expectations fo
 not from a previous run: see the comment on each. C12 (a Transformer, no oracle) is left out for time;
 the flow checks run with a looser solver tolerance (1e-7, threshold 1e-4): the mutated fields miss the
 closed form by 1e-3 .. 1e2, so they fail the default 1e-7 threshold a fortiori. C13's Transformer row is
-broken through the model it is given (``tiny_transformer``) and through the ELBO's clean-end decoder.
+broken through the model it is given (``tiny_transformer``) and through the ELBO's clean-end decoder; C14's
+rows through the controllers they compare (a wrong window, a forced commit, no snapping) and the token sampler.
 """
 
 import pytest
 import torch
 
+import evoflow.decoding.controllers as controllers_module
 import evoflow.elbo as elbo_module
 import evoflow.field as field_module
 import evoflow.verify as verify
+import evoflow.verify.decoding as decoding_module
 import evoflow.verify.mixture as mixture_module
+from evoflow.decoding import EvoController, TokenSampler
 from evoflow.process import DenoiserOutput
 from evoflow.schedules import Cosine
 from evoflow.verify.mixture import check_c7, check_c8, check_c13
@@ -73,7 +77,7 @@ def exact_rows():
 
 def test_the_exact_oracle_passes_every_claim(exact_rows):
     assert failing(exact_rows) == set()
-    assert set(by_claim(exact_rows)) == {f"C{i}" for i in range(1, 14)} - {"C12"}
+    assert set(by_claim(exact_rows)) == {f"C{i}" for i in range(1, 15)} - {"C12"}
 
 
 @pytest.mark.parametrize("factor", [0.7, 1.5], ids=["flatter", "sharper"])
@@ -87,7 +91,10 @@ def test_a_tempered_posterior_fails_the_claims_that_need_the_exact_posterior(fac
     # C7: the mixture kernel is the exact reverse kernel only with the exact posterior.
     # C8: the K = 1 synchronous NELBO is the sum of -log p(x_i) only if the weights are the exact marginals.
     # C13: the AR law of the tempered denoiser multiplies tempered conditionals, not p(x_i | x_<i).
-    assert failing(rows) == {"C1", "C2", "C6", "C7", "C8", "C11", "C13"}
+    # C14: its AR and K = 1 decodings draw from the tempered weights, not p(x) and prod_i p(x_i) (the law row;
+    # the limits row compares two grids, which the steps 1 and 1/K make independent of the model: it holds).
+    assert failing(rows) == {"C1", "C2", "C6", "C7", "C8", "C11", "C13", "C14"}
+    assert [r.verdict for r in rows if r.claim == "C14"] == ["pass", "FAIL"]
     # C3, C10: identities that involve no denoiser. C4: NELBO_K -> NELBO_inf at O(1/K) for any smooth
     # denoiser (a Riemann sum of its own integrand). C9: unbiasedness of the s-samplers and the bound in
     # data average hold for any denoiser. C5 is not asserted: it rests on the MMSE of the exact posterior
@@ -103,8 +110,9 @@ def test_a_wrong_schedule_derivative_fails_the_claims_that_use_it(exact_rows):
     # a bound (too small) and logSNR importance weights use the wrong dlogSNR/dt.
     assert failing(rows) == {"C1", "C2", "C4", "C6", "C9", "C11"}
     # C3, C5, C7, C8, C10 read alpha and sigma only (q, SNR, step posteriors): the very same numbers; C13 reads
-    # the logits at t in {0, 1} only (and its Transformer row does not involve the denoiser under test).
-    kept = [r for r in exact_rows if r.claim in ("C3", "C5", "C7", "C8", "C10", "C13")]
+    # the logits at t in {0, 1} only (and its Transformer row does not involve the denoiser under test); C14
+    # decodes with the token sampler's reverse step and DDIM, both written in alpha and sigma (and ehat).
+    kept = [r for r in exact_rows if r.claim in ("C3", "C5", "C7", "C8", "C10", "C13", "C14")]
     mutated = {(r.claim, r.quantity): r.measured for r in rows}
     assert kept and all(mutated[(r.claim, r.quantity)] == r.measured for r in kept)
 
@@ -186,3 +194,54 @@ def test_c13_fails_with_a_softmax_decoder_at_the_clean_end(monkeypatch):
     monkeypatch.setattr(elbo_module, "_identified", lambda x, z, tau, denoiser: torch.zeros(x.shape, dtype=torch.bool))
     row = _c13_with(monkeypatch, lambda model: None)
     assert row.verdict == "FAIL" and row.measured > 1.0
+
+
+def _c14(monkeypatch=None, **patches):
+    """C14's two rows (limits, laws) on the default oracle after ``monkeypatch.setattr(decoding_module, k, v)``."""
+    for name, value in patches.items():
+        monkeypatch.setattr(decoding_module, name, value)
+    limits, laws = decoding_module.check_c14(verify.make_context(verify.Settings()))
+    assert limits.claim == laws.claim == "C14"
+    return limits, laws
+
+
+def test_c14_fails_when_the_ar_limit_has_a_window_of_two(monkeypatch):
+    """Window 2 moves tokens 0 and 1 together in the first call: two calls instead of three (the limits row), and
+    the law p(x_0) p(x_1) p(x_2 | x_0, x_1) (p14, eq. 15), which misses p(x) by the dependence of x_1 on x_0."""
+    ctx = verify.make_context(verify.Settings())
+    pair = ctx.oracle.init[:, None] * ctx.oracle.transition  # p(x_0, x_1) of the chain
+    tv = float((pair - pair.sum(1, keepdim=True) * pair.sum(0, keepdim=True)).abs().sum() / 2)
+    assert tv > 0.05  # the default oracle's first two tokens are far from independent: 10^4 draws see it
+    wide = lambda: EvoController(window=2, min_step=1.0, max_step=1.0, commit_threshold=None)  # noqa: E731
+    limits, laws = _c14(monkeypatch, ar_limit=wide)
+    assert limits.verdict == "FAIL" and limits.measured == 1.0 and "2 vs 3 calls" in limits.note
+    assert laws.verdict == "FAIL" and laws.measured < 1e-6
+
+
+def test_c14_fails_when_the_synchronous_limit_forces_a_commit(monkeypatch):
+    """The default min_commits = 1 commits token 0 in the first of K = 5 calls (p14, eq. 8's variant): the limits row
+    fails; at K = 1 every token commits in the first call anyway, so the law row still holds."""
+    forced = lambda length, steps: EvoController(window=length, min_step=1 / steps, max_step=1 / steps,  # noqa: E731
+                                                 commit_threshold=None)
+    limits, laws = _c14(monkeypatch, synchronous_limit=forced)
+    assert limits.verdict == "FAIL" and limits.measured == 1.0
+    assert laws.verdict == "pass"
+
+
+def test_c14_fails_without_the_snapping_of_times_near_zero(monkeypatch):
+    """Five subtractions of fl(1/5) from 1 leave 5.6e-17 (p14, eq. 9): without the snapping the tokens do not commit
+    at the fifth call and the decoding takes a sixth. The law row's steps are 1 - 1 = 0 exactly: it holds."""
+    monkeypatch.setattr(controllers_module, "_SNAP", 0.0)
+    limits, laws = _c14()
+    assert limits.verdict == "FAIL" and "6 vs 5 calls" in limits.note
+    assert laws.verdict == "pass"
+
+
+def test_c14_fails_when_the_token_sampler_draws_from_a_tempered_distribution(monkeypatch):
+    """A sampler that draws from softmax(0.9 logits), as a low-precision or mis-tempered draw would: both decodings
+    use it, so the limits row holds, and neither samples the law it should (p14, eq. 14): the law row fails."""
+    right = TokenSampler.draw
+    monkeypatch.setattr(TokenSampler, "draw", lambda self, logits, generator=None: right(self, 0.9 * logits, generator))
+    limits, laws = _c14()
+    assert limits.verdict == "pass"
+    assert laws.verdict == "FAIL" and laws.measured < 1e-6

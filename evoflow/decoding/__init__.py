@@ -6,9 +6,9 @@
 - :mod:`~evoflow.decoding.generate`: :func:`generate` and its :class:`GenerateResult` with cost accounting.
 """
 
-from evoflow.decoding.controllers import UNCERTAINTIES, EvoController, path_controller
+from evoflow.decoding.controllers import EvoController, path_controller
 from evoflow.decoding.generate import GenerateResult, generate
 from evoflow.decoding.sampler import Committing, TokenSampler, TokenStep
 
-__all__ = ["UNCERTAINTIES", "Committing", "EvoController", "GenerateResult", "TokenSampler", "TokenStep",
+__all__ = ["Committing", "EvoController", "GenerateResult", "TokenSampler", "TokenStep",
            "generate", "path_controller"]

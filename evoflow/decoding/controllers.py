@@ -29,7 +29,7 @@ from evoflow.paths import Path, Synchronous, as_grid
 from evoflow.solve import Controller, GridController
 from evoflow.solvers.base import State
 
-__all__ = ["UNCERTAINTIES", "EvoController", "path_controller"]
+__all__ = ["EvoController", "path_controller", "uncertainty_of"]
 
 UNCERTAINTIES = ("entropy", "maxprob", "time_head")
 _SNAP = 1e-12  # times within this of 0 are 0, as grids snap (THEORY section 4)
@@ -59,9 +59,10 @@ class EvoController:
     ``t = 0`` or when its largest probability reaches ``commit_threshold`` (None: never early);
     ``frontier`` keeps every token at least as far along as its right neighbour (a token is slowed to
     its left neighbour's time, never forced ahead); every unfinished sequence commits at least
-    ``min_commits`` tokens per call (the leftmost under the frontier, else the most confident: the
-    progress guarantee, as Fast-dLLM commits its top-1); the call that reaches ``max_calls`` commits
-    everything left, so no sequence ever takes more calls. Reusable: :meth:`begin` starts one decoding.
+    ``min(min_commits, window)`` tokens per call, inside the window (the leftmost under the frontier, else
+    the most confident: the progress guarantee, as Fast-dLLM commits its top-1); the call that reaches
+    ``max_calls`` commits everything left, so no sequence ever takes more calls. Reusable: :meth:`begin`
+    starts one decoding.
 
     The defaults are the setting study e04 recommends (experiments/e04_adaptive_decoding): with
     ``min_step = 0`` and ``kappa = 16`` only confident tokens move between commits, the leftmost open token
@@ -170,9 +171,9 @@ class _EvoRun(Controller):
         need = (cfg.min_commits - committed).clamp_min(0)
         if not bool(need.any()):
             return new
-        if cfg.frontier:  # the leftmost open tokens: their left neighbours are committed already
+        if cfg.frontier:  # the leftmost open tokens of the window: their left neighbours are committed already
             order = open_.long().cumsum(-1)
-            chosen = open_ & (order <= committed + need)
+            chosen = open_ & (order <= committed + need) & (order <= cfg.window)
         else:  # the most confident active tokens not yet committing
             score = torch.where(active & (new > 0), top, -1.0)
             rank = score.argsort(-1, descending=True).argsort(-1)

@@ -43,7 +43,7 @@ class Settings:
 
 @dataclass
 class ClaimResult:
-    """One row of the verification table; ``verdict`` is ``pass``, ``FAIL`` or ``n/a`` (C1-C13).
+    """One row of the verification table; ``verdict`` is ``pass``, ``FAIL`` or ``n/a`` (C1-C14).
 
     ``note`` says why a row is ``n/a`` (or what its numbers mean), computed from the run.
     """
@@ -58,7 +58,7 @@ class ClaimResult:
 
 @dataclass
 class Context:
-    """Truth (``oracle``), the denoiser under test (``model``), data, the exact prior, the figures' series (C1-C13)."""
+    """Truth (``oracle``), the denoiser under test (``model``), data, the exact prior, the figures' series (C1-C14)."""
 
     settings: Settings
     oracle: MarkovOracle
