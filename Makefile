@@ -6,7 +6,7 @@ PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 TORCH := torch==2.13.0
 
-.PHONY: demo test lint bench clean
+.PHONY: demo test lint bench experiments clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -19,6 +19,7 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	HYPOTHESIS_PROFILE=ci $(PY) -m pytest -q -n 2 proofs tests
+	$(PY) -m pytest -q -n 2 --nbmake notebooks
 	$(VENV)/bin/ruff check .
 
 lint: $(STAMP)
@@ -30,6 +31,14 @@ bench: $(STAMP)
 	$(PY) -m bench.bench_estimators
 	$(PY) -m bench.bench_edges
 	$(PY) -m bench.bench_train
+	$(PY) -m bench.bench_decode
+
+experiments: $(STAMP)
+	$(PY) -m experiments.e01_unified_elbo.run
+	$(PY) -m experiments.e02_solvers_paths.run
+	$(PY) -m experiments.e03_interpolation.run
+	$(PY) -m experiments.e04_adaptive_decoding.run
+	$(PY) -m experiments.e05_trained_decoding.run
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .hypothesis

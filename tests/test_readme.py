@@ -24,8 +24,8 @@ def numbers(line: str) -> list[float]:
     return [float(v) for v in re.findall(NUMBER, line.split("tensor(")[-1].split("dtype")[0])]
 
 
-def test_there_are_four_blocks():
-    assert len(BLOCKS) == 4
+def test_there_are_five_blocks():
+    assert len(BLOCKS) == 5
 
 
 def test_the_tour_prints_its_call_count_and_three_small_likelihood_errors():
@@ -49,13 +49,21 @@ def test_the_elbo_block_is_exact_along_the_ar_path():
     assert torch.isfinite(ns["cont"].total).all()
 
 
+def test_the_decoding_block_decodes_with_each_controller_and_prints_its_cost():
+    ns, printed = run(BLOCKS[2])
+    assert ns["ar"].nfe == 8 and ns["sync"].nfe == 4  # one call per token; four synchronous steps
+    assert (ns["evo"].tokens[:, 0] == 2).all() and ns["evo"].generated == 7  # the prompt is kept, not counted
+    assert printed[0].startswith("torch.Size([1000, 8]) ") and "calls/token" in printed[0]
+    assert 0 < ns["evo"].calls_per_token <= 1.0
+
+
 def test_the_model_block_runs_and_the_cache_changes_the_cost_not_the_answer():
-    ns, _ = run(BLOCKS[2])
+    ns, _ = run(BLOCKS[3])
     assert ns["out"].logits.shape == (2, 16, ns["model"].config.vocab)
     assert (ns["full"].z - ns["fast"].z).abs().max() < 1e-5
 
 
 def test_the_fsdp_block_runs_on_this_machine():
-    _, printed = run(BLOCKS[3])
+    _, printed = run(BLOCKS[4])
     expected = "8,056,243,201" if torch.cuda.is_available() else "134,465"
     assert printed == [f"{expected} parameters"]

@@ -91,7 +91,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--ar", default=None, help="the AR-only run to compare (with --evo)")
     parser.add_argument("--rows", type=int, default=16, help="validation rows scored")
     parser.add_argument("--quick", action="store_true", help="widths 1, 4 and L only")
-    parser.add_argument("--out", default=str(HERE))
+    parser.add_argument("--out", default=None, help="default: this folder; runs/<study>-quick with --quick")
     args = parser.parse_args(argv)
     torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
     evo, ar = (pathlib.Path(args.evo), pathlib.Path(args.ar)) if args.evo else ensure_runs(args.runs)
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> dict:
     L = load_model(evo)[1].seq
     widths = [1, 4, L] if args.quick else [w for w in (1, 4, 16, 64) if w < L] + [L]
     result = study({"evo": evo, "ar": ar}, args.rows, widths)
-    out = pathlib.Path(args.out)
+    out = pathlib.Path(args.out or ("runs/e03_interpolation-quick" if args.quick else HERE))
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(result, indent=2))
     plot(result, out / "interpolation.png")
