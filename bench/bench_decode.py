@@ -38,7 +38,6 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default=None, help="a run directory written by evoflow train (default: fresh demo)")
     parser.add_argument("--length", type=int, default=256)
-    parser.add_argument("--evo-length", type=int, default=None, help="length for the Evo row (default --length)")
     parser.add_argument("--batch", type=int, default=4)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -46,12 +45,11 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     model = _model(args.run)
     model.attention = Frontier()
-    evo_length = args.evo_length or args.length
     methods = {
         "ar, cache": lambda g: ef.generate(CachedDenoiser(model), args.length, ef.Staircase(1), batch=args.batch,
                                            generator=g),
         "ar, no cache": lambda g: ef.generate(model, args.length, ef.Staircase(1), batch=args.batch, generator=g),
-        "evo, cache": lambda g: ef.generate(CachedDenoiser(model), evo_length, ef.EvoController(),
+        "evo, cache": lambda g: ef.generate(CachedDenoiser(model), args.length, ef.EvoController(),
                                             batch=args.batch, generator=g),
     }
     rows = {name: [] for name in methods}
@@ -59,8 +57,8 @@ def main() -> None:
     for i in range(args.repeats):
         for name in names[i % len(names):] + names[: i % len(names)]:
             rows[name].append(methods[name](torch.Generator().manual_seed(i)))
-    print(f"{'fresh demo model' if args.run is None else args.run}, batch {args.batch}, length {args.length} "
-          f"(evo {evo_length}), {args.threads} threads, median of {args.repeats}:")
+    print(f"{'fresh demo model' if args.run is None else args.run}, batch {args.batch}, length {args.length}, "
+          f"{args.threads} threads, median of {args.repeats}:")
     speed = {}
     for name, results in rows.items():
         speed[name] = statistics.median(r.tokens.numel() / r.wall_time for r in results)
