@@ -241,7 +241,8 @@ def test_c14_fails_when_the_token_sampler_draws_from_a_tempered_distribution(mon
     """A sampler that draws from softmax(0.9 logits), as a low-precision or mis-tempered draw would: both decodings
     use it, so the limits row holds, and neither samples the law it should (p14, eq. 14): the law row fails."""
     right = TokenSampler.draw
-    monkeypatch.setattr(TokenSampler, "draw", lambda self, logits, generator=None: right(self, 0.9 * logits, generator))
+    monkeypatch.setattr(TokenSampler, "draw",
+                        lambda self, logits, generator=None, where=None: right(self, 0.9 * logits, generator, where))
     limits, laws = _c14()
     assert limits.verdict == "pass"
     assert laws.verdict == "FAIL" and laws.measured < 1e-6
