@@ -22,7 +22,7 @@ import torch
 
 from evoflow import solvers as _solvers
 from evoflow.cli_sample import add_sample_command
-from evoflow.cli_train import add_commands, usage_error
+from evoflow.cli_train import add_commands, usage_error, writable_folder
 from evoflow.study import fitted_order, likelihood_study, write_report
 
 __all__ = ["UsageError", "build_parser", "main"]
@@ -78,15 +78,7 @@ def _cmd_solvers(args: argparse.Namespace) -> int:
 def _run_dir(root: str, kind: str) -> pathlib.Path:
     """Create ``root/kind-YYYYmmdd-HHMMSS`` and prove it writable before any work, else :class:`UsageError`."""
     stamp = _dt.datetime.now().strftime("%Y%m%d-%H%M%S")
-    path = pathlib.Path(root) / f"{kind}-{stamp}"
-    try:
-        path.mkdir(parents=True, exist_ok=True)
-        probe = path / ".evoflow-write-test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise UsageError(f"--out: cannot create or write {str(path)!r}: {exc.strerror or exc}") from None
-    return path
+    return writable_folder(pathlib.Path(root) / f"{kind}-{stamp}", UsageError)
 
 
 def _progress(args: argparse.Namespace) -> bool:

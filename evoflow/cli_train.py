@@ -17,7 +17,7 @@ import json
 import pathlib
 import sys
 
-__all__ = ["add_commands"]
+__all__ = ["add_commands", "usage_error", "writable_folder"]
 
 
 class _UsageError(Exception):
@@ -29,13 +29,18 @@ def _run_path(out: str | None, kind: str, must_exist: bool = False) -> pathlib.P
     path = pathlib.Path(out) if out else pathlib.Path("runs") / f"{kind}-{_dt.datetime.now():%Y%m%d-%H%M%S}"
     if must_exist and not path.is_dir():
         raise _UsageError(f"--out: {str(path)!r} is not a run directory")
+    return writable_folder(path, _UsageError)
+
+
+def writable_folder(path: pathlib.Path, error: type[Exception]) -> pathlib.Path:
+    """``path`` created and proven writable by a probe file, else ``error`` naming ``--out`` (THEORY section 8 runs)."""
     try:
         path.mkdir(parents=True, exist_ok=True)
         probe = path / ".evoflow-write-test"
         probe.write_text("")
         probe.unlink()
     except OSError as exc:
-        raise _UsageError(f"--out: cannot create or write {str(path)!r}: {exc.strerror or exc}") from None
+        raise error(f"--out: cannot create or write {str(path)!r}: {exc.strerror or exc}") from None
     return path
 
 

@@ -81,3 +81,10 @@ def save_figure(fig, path: pathlib.Path, dpi: int = 110) -> str:
     fig.savefig(path, dpi=dpi)
     pyplot().close(fig)
     return path.name
+
+
+def readme_ending(reading: list[str]) -> list[str]:
+    """The last lines of a generated README: "What it shows" with the study's sentences, and how to regenerate."""
+    return ["## What it shows", "", *reading, "",
+            "Regenerate everything (tables, figures, this README) with the command above; `results.json` holds "
+            "every number."]

@@ -5,7 +5,7 @@
   ``Staircase(B)`` or ``Rolling(W)`` with K grid steps (THEORY section 5): the token sampler's decoding
   along that path, whose negative log-likelihood it bounds from above (C8: the price of moving several
   tokens per step), from t = 1 to the ``t_min`` the model was trained to, where the closed-form Gaussian
-  decoder of the training objective (:func:`evoflow.train.objective.gaussian_decoder_nll`) decodes.
+  decoder of the training objective (:func:`evoflow.train.objective.token_decoder_nll`) decodes.
 
 Bounds are Monte-Carlo estimates over one trajectory per sequence, with a fixed seed (so a figure is
 reproduced exactly by ``evoflow eval``) and their standard error over the sequences.
@@ -23,6 +23,7 @@ from evoflow.autoregressive import ar_log_likelihood
 from evoflow.elbo import nelbo
 from evoflow.kernels import MixtureKernel
 from evoflow.paths import Path, Rolling, Staircase, Synchronous
+from evoflow.train.objective import token_decoder_nll
 
 __all__ = ["PathScore", "parse_path", "score_path"]
 
@@ -80,13 +81,8 @@ class _GaussianDecoded:
         return self.model(z, tau)
 
     def log_posterior(self, x: Tensor, z: Tensor, tau: Tensor) -> Tensor:
-        E = self.embeddings.detach().to(torch.float64)
-        a, s2 = self.schedule.alpha(tau)[..., None], (self.schedule.sigma(tau) ** 2)[..., None]  # (B, L, 1)
-        # ||z - a e_v||^2 up to the v-free ||z||^2, through z @ E^T: memory (B, L, V), not (B, L, V, d)
-        d2 = a**2 * (E**2).sum(-1) - 2 * a * (z.to(torch.float64) @ E.T)  # (B, L, V)
-        gap = d2 - d2.gather(-1, x[..., None])
-        logp = torch.where(s2 > 0, -torch.logsumexp(-gap / (2 * s2.clamp_min(1e-300)), -1, keepdim=True), 0.0)
-        return logp.squeeze(-1).sum(-1)
+        sch = self.schedule
+        return -token_decoder_nll(x, z.to(torch.float64), self.embeddings, sch.alpha(tau), sch.sigma(tau) ** 2).sum(-1)
 
 
 @torch.no_grad()

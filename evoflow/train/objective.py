@@ -335,17 +335,25 @@ def _nll(logits: Tensor, x: Tensor) -> Tensor:
     return -logp.gather(-1, x[..., None]).squeeze(-1).to(torch.float64)
 
 
+def token_decoder_nll(x: Tensor, z: Tensor, E: Tensor, alpha: Tensor, sigma2: Tensor) -> Tensor:
+    """``-log p(x_i | z_i)`` (b, L) under ``p(v | z_i) ~ N(z_i; alpha_i e_v, sigma2_i I)`` with a uniform prior over
+    tokens, computed through ``z @ E^T`` (memory b L V), in the dtype of ``z``; 0 where ``sigma2 = 0`` (there the
+    latent identifies the token). ``alpha``, ``sigma2`` broadcast against (b, L) (THEORY section 5, C9)."""
+    E = E.detach().to(z.dtype)
+    alpha, sigma2 = (torch.as_tensor(v, dtype=z.dtype, device=z.device)[..., None] for v in (alpha, sigma2))
+    d2 = alpha**2 * (E**2).sum(-1) - 2 * alpha * (z @ E.T)  # (b, L, V): ||z - alpha e_v||^2 up to ||z||^2
+    gap = (d2 - d2.gather(-1, x[..., None])) / (2 * sigma2.clamp_min(torch.finfo(z.dtype).tiny))
+    return torch.where(sigma2[..., 0] > 0, torch.logsumexp(-gap, -1), 0.0)
+
+
 def gaussian_decoder_nll(x: Tensor, E: Tensor, schedule: Schedule, t_min: float, noise: Tensor) -> Tensor:
     """``sum_i -log p(x_i | z_i)`` (b,) for ``z ~ q(z | x, t_min)`` under the closed-form decoder
-    ``p(v | z_i) ~ N(z_i; alpha e_v, sigma^2 I)`` with a uniform prior over tokens: the last jump of every
-    token, from ``t_min`` to 0, scored without the network (C9; THEORY section 5's reconstruction term).
-    It is part of the bound but trains nothing (no gradient): in float32, as ``-logsumexp`` of the
-    log-density gaps to the true token."""
+    :func:`token_decoder_nll`: the last jump of every token, from ``t_min`` to 0, scored without the network
+    (C9; THEORY section 5's reconstruction term). It is part of the bound but trains nothing (no gradient):
+    in float32, as ``-logsumexp`` of the log-density gaps to the true token."""
     with torch.no_grad():
         t = torch.tensor(t_min, dtype=torch.float64)
         a, s2 = float(schedule.alpha(t)), float(schedule.sigma(t) ** 2)
         Ef = E.detach().float()
         z = a * Ef[x] + s2**0.5 * noise.float()  # z ~ q(z | x, t_min), from the given standard noise
-        d2 = (Ef**2).sum(-1) * a**2 - 2 * a * z @ Ef.T  # (b, L, V): ||z - a e_v||^2 up to ||z||^2
-        gap = (d2 - d2.gather(-1, x[..., None])) / (2 * s2)
-        return torch.logsumexp(-gap, -1).to(torch.float64).sum(-1)
+        return token_decoder_nll(x, z, Ef, a, s2).to(torch.float64).sum(-1)

@@ -25,7 +25,7 @@ import torch
 import evoflow as ef
 from evoflow.verify import CHECKS, Settings, run_all
 from evoflow.verify_report import report, table, verdict_line
-from experiments.common import arguments, md_table, num, pyplot, save_figure, write_json
+from experiments.common import arguments, md_table, num, pyplot, readme_ending, save_figure, write_json
 
 F64 = torch.float64
 HERE = pathlib.Path(__file__).resolve().parent
@@ -194,12 +194,7 @@ def readme(result: dict) -> str:
         "",
         "![NELBO_K against K](nelbo_k.png)",
         "",
-        "## What it shows",
-        "",
-        *reading(part),
-        "",
-        "Regenerate everything (tables, figures, this README) with the command above; `results.json` holds "
-        "every number.",
+        *readme_ending(reading(part)),
     ]) + "\n"
 
 

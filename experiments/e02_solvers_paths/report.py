@@ -5,7 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 
-from experiments.common import md_table, num
+from experiments.common import md_table, num, readme_ending
 
 
 def slope(calls: list[float], error: list[float]) -> float:
@@ -204,10 +204,5 @@ def readme(result: dict) -> str:
         "",
         "![TV against calls](sample_tv.png)",
         "",
-        "## What it shows",
-        "",
-        *reading(result),
-        "",
-        "Regenerate everything (tables, figures, this README) with the command above; `results.json` holds "
-        "every number.",
+        *readme_ending(reading(result)),
     ]) + "\n"
