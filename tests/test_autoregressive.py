@@ -43,8 +43,9 @@ def _model(**overrides):
     return model
 
 
-def test_the_transformers_one_call_equals_the_l_states_and_is_a_distribution():
-    model = _model()
+@pytest.mark.parametrize("overrides", [{}, dict(shift=True)], ids=["own readout", "shifted readout"])
+def test_the_transformers_one_call_equals_the_l_states_and_is_a_distribution(overrides):
+    model = _model(**overrides)
     x = torch.randint(0, 64, (3, 7), generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         fast, slow = model.ar_logits(x), _batched_logits(model, x)

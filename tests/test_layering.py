@@ -16,7 +16,7 @@ RANK = {
     "solvers": 3, "solve": 4,
     "kernels": 2, "estimators": 2, "likelihood": 5, "elbo": 5, "autoregressive": 5, "decoding": 5, "study": 6,
     "nn": 7, "train": 7.5, "verify": 8, "verify_report": 8.5, "demo": 8.7, "cli_train": 8.8, "cli_sample": 8.8,
-    "cli": 9,
+    "integrations": 8.9, "cli": 9,
 }
 CORE_FORBIDDEN = {"sympy", "experiments", "proofs", "evoflow.nn", "evoflow.train"}
 

@@ -8,12 +8,14 @@ Sizes come from one table (:func:`get_config`: tiny, small, 150m, 1b, 8b); atten
 are objects chosen per call (:class:`Bidirectional`, :class:`Frontier`, :class:`BlockCausal`);
 :class:`FrontierCache` / :class:`CachedDenoiser` reuse the committed prefix; distribution
 (FSDP2, activation checkpointing, compile, mixed precision) is :func:`parallelize`, kept apart
-from the model. The core package never imports this one.
+from the model. :func:`from_hf` imports a Hugging Face Llama/Mistral/Qwen2/Qwen3 checkpoint directory as
+an Evo initialisation. The core package never imports this one.
 """
 
 from evoflow.nn.attention import AttentionPattern, Bidirectional, BlockCausal, Frontier, TwoStream
 from evoflow.nn.cache import CachedDenoiser, FrontierCache
-from evoflow.nn.config import TransformerConfig, config_names, get_config
+from evoflow.nn.config import RopeScaling, TransformerConfig, config_names, get_config
+from evoflow.nn.hf import HFImportError, ImportReport, from_hf, hf_config, import_hf
 from evoflow.nn.parallel import init_distributed, materialize, parallelize
 from evoflow.nn.transformer import EvoTransformer
 
@@ -25,10 +27,16 @@ __all__ = [
     "EvoTransformer",
     "Frontier",
     "FrontierCache",
+    "HFImportError",
+    "ImportReport",
+    "RopeScaling",
     "TransformerConfig",
     "TwoStream",
     "config_names",
+    "from_hf",
     "get_config",
+    "hf_config",
+    "import_hf",
     "init_distributed",
     "materialize",
     "parallelize",

@@ -102,6 +102,7 @@ class FrontierCache:
         self.layers = [LayerCache(capacity) for _ in range(layers)]
         self.batch = batch
         self.length = 0
+        self.tail: Tensor | None = None  # (B, 1, width): the last cached token's final state (a shifted readout's)
 
     def check(self, batch: int, layers: int) -> None:
         """Raise ``ValueError`` unless this cache fits a model with ``layers`` blocks and inputs of ``batch`` rows."""

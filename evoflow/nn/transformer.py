@@ -31,6 +31,7 @@ distribution: sharding, checkpointing, compilation and precision live in :mod:`e
 from __future__ import annotations
 
 import math
+from collections.abc import Collection
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +39,7 @@ from torch import Tensor, nn
 
 from evoflow.nn.attention import AttentionPattern, Frontier, TwoStream
 from evoflow.nn.cache import FrontierCache, LayerCache, leading_committed
-from evoflow.nn.config import TransformerConfig
+from evoflow.nn.config import RopeScaling, TransformerConfig
 from evoflow.process import DenoiserOutput
 from evoflow.schedules import check_times, get_schedule
 
@@ -48,10 +49,13 @@ Rope = tuple[Tensor, Tensor]  # cos, sin: (L, head_dim / 2) each
 Modulation = tuple[Tensor, ...]  # b1, b2, s1, s2, g1, g2: (B, L, width) each
 
 
-def rope_tables(positions: Tensor, head_dim: int, theta: float, dtype: torch.dtype = torch.float32) -> Rope:
-    """Rotary angles ``p * theta^(-2k / head_dim)`` for k < head_dim / 2, as cos and sin (L, head_dim / 2),
-    in ``dtype`` (float32, or float64 for a float64 model)."""
+def rope_tables(positions: Tensor, head_dim: int, theta: float, dtype: torch.dtype = torch.float32,
+                scaling: RopeScaling | None = None) -> Rope:
+    """Rotary angles ``p * w_k``, ``w_k = theta^(-2k / head_dim)`` for k < head_dim / 2 (rescaled by ``scaling``),
+    as cos and sin (L, head_dim / 2), in ``dtype`` (float32, or float64 for a float64 model)."""
     freqs = theta ** (-torch.arange(0, head_dim, 2, device=positions.device, dtype=dtype) / head_dim)
+    if scaling is not None:
+        freqs = scaling.apply(freqs)
     angles = positions.to(dtype)[:, None] * freqs[None, :]
     return angles.cos(), angles.sin()
 
@@ -77,21 +81,26 @@ def _at_least_float32(dtype: torch.dtype) -> torch.dtype:
 
 
 class Attention(nn.Module):
-    """Grouped-query self-attention: ``softmax(Q K^T / sqrt(hd) + log M) V`` with RoPE on Q and K."""
+    """Grouped-query self-attention: ``softmax(Q K^T / sqrt(hd) + log M) V`` with RoPE on Q and K (after a per-head
+    RMSNorm of each when ``qk_norm``)."""
 
     def __init__(self, cfg: TransformerConfig):
         super().__init__()
         self.heads, self.kv_heads, self.head_dim = cfg.heads, cfg.kv_heads, cfg.head_dim
-        self.wq = nn.Linear(cfg.width, cfg.heads * cfg.head_dim, bias=False)
-        self.wk = nn.Linear(cfg.width, cfg.kv_heads * cfg.head_dim, bias=False)
-        self.wv = nn.Linear(cfg.width, cfg.kv_heads * cfg.head_dim, bias=False)
-        self.wo = nn.Linear(cfg.heads * cfg.head_dim, cfg.width, bias=False)
+        self.wq = nn.Linear(cfg.width, cfg.heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.wk = nn.Linear(cfg.width, cfg.kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.wv = nn.Linear(cfg.width, cfg.kv_heads * cfg.head_dim, bias=cfg.qkv_bias)
+        self.wo = nn.Linear(cfg.heads * cfg.head_dim, cfg.width, bias=cfg.out_bias)
+        self.q_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None  # per head, before RoPE
+        self.k_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
 
     def forward(self, x: Tensor, rope: Rope, mask: Tensor | None, cache: LayerCache | None) -> Tensor:
         B, L, _ = x.shape
         q = self.wq(x).view(B, L, self.heads, self.head_dim).transpose(1, 2)  # (B, H, L, hd)
         k = self.wk(x).view(B, L, self.kv_heads, self.head_dim).transpose(1, 2)  # (B, KV, L, hd)
         v = self.wv(x).view(B, L, self.kv_heads, self.head_dim).transpose(1, 2)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, rope), apply_rope(k, rope)
         if cache is not None:
             k, v = cache.extend(k, v)  # (B, KV, P + L, hd): the committed prefix, then this chunk
@@ -188,7 +197,7 @@ class EvoTransformer(nn.Module):
         self.time = TimeEmbedding(config) if config.time_conditioning else None
         self.blocks = nn.ModuleList(Block(config) for _ in range(config.layers))
         self.norm = nn.RMSNorm(config.width, eps=config.norm_eps)
-        self.head = nn.Linear(config.width, config.vocab, bias=False)
+        self.head = None if config.tie_head else nn.Linear(config.width, config.vocab, bias=False)
         self.time_head = nn.Linear(config.width, 1)
         self.init_weights()
 
@@ -201,55 +210,72 @@ class EvoTransformer(nn.Module):
     @property
     def embeddings(self) -> Tensor:
         """The latent embedding table E (V, d_latent) that the forward process noises (THEORY section 2):
-        rows rescaled to norm sqrt(d_latent) unless ``config.embedding == "learned"``."""
-        w = self.embed.weight
+        rows rescaled to norm sqrt(d_latent) unless ``config.embedding == "learned"``, times ``latent_scale``."""
+        w, c = self.embed.weight, self.config.latent_scale
         if self.config.embedding == "learned":
-            return w
-        return w * (w.shape[1] ** 0.5 / w.norm(dim=1, keepdim=True).clamp_min(1e-12))
+            return w if c == 1 else c * w
+        return w * (c * w.shape[1] ** 0.5 / w.norm(dim=1, keepdim=True).clamp_min(1e-12))
 
     @torch.no_grad()
-    def init_weights(self, generator: torch.Generator | None = None) -> None:
-        """Initialise every parameter (after materialising a model built on the meta device).
+    def init_weights(self, generator: torch.Generator | None = None, names: Collection[str] | None = None) -> None:
+        """Initialise every parameter (after materialising a model built on the meta device), or only ``names``
+        (e.g. the time parts a checkpoint import does not fill).
 
         Embeddings N(0, 1); latent projection N(0, 1 / d_latent); other weights N(0, 0.02^2), residual
         outputs (wo, w2) N(0, 0.02^2 / (2 layers)); biases 0; norms 1; the time MLP's output layer 0
         and the offsets shift 0, scale and gate 1, so that the modulation ignores time at first; the additive
         time input (``time_input``) N(0, 2 / time_freqs), a unit-scale term that makes time visible at once.
         """
-        nn.init.normal_(self.embed.weight, std=1.0, generator=generator)
-        if self.proj_in is not None:
-            nn.init.normal_(self.proj_in.weight, std=self.config.d_latent**-0.5, generator=generator)
-        out_std = 0.02 / math.sqrt(2 * self.config.layers)
-        for name, p in self.named_parameters():  # every other linear weight
-            if name.endswith(".weight") and p.ndim == 2 and not name.startswith(("embed.", "proj_in.")):
-                std = out_std if name.endswith(("wo.weight", "w2.weight")) else 0.02
-                nn.init.normal_(p, std=std, generator=generator)
-        for m in self.modules():
-            if isinstance(m, nn.RMSNorm):
-                nn.init.ones_(m.weight)
-            elif isinstance(m, nn.Linear) and m.bias is not None:
-                nn.init.zeros_(m.bias)
-        for block in self.blocks:
-            if block.time_shift is not None:
-                nn.init.zeros_(block.time_shift)
-                nn.init.ones_(block.time_gate)
-        if self.time is not None:
-            nn.init.zeros_(self.time.fc2.weight)
-            if self.time.fc_in is not None:  # unit-scale input term: sinusoid features have mean square 1/2
-                nn.init.normal_(self.time.fc_in.weight, std=(2.0 / self.config.time_freqs) ** 0.5, generator=generator)
+        wanted = None if names is None else set(names)
+        for name, p in self.named_parameters():
+            if wanted is None or name in wanted:
+                self._init_parameter(name, p, generator)
+
+    def _init_parameter(self, name: str, p: Tensor, generator: torch.Generator | None) -> None:
+        """The initial value of one parameter (see :meth:`init_weights`)."""
+        if name == "embed.weight":
+            nn.init.normal_(p, std=1.0, generator=generator)
+        elif name == "proj_in.weight":
+            nn.init.normal_(p, std=self.config.d_latent**-0.5, generator=generator)
+        elif name.endswith("norm.weight") or name.endswith("time_gate"):
+            nn.init.ones_(p)
+        elif name.endswith(".bias") or name.endswith("time_shift") or name == "time.fc2.weight":
+            nn.init.zeros_(p)
+        elif name == "time.fc_in.weight":  # unit-scale input term: sinusoid features have mean square 1/2
+            nn.init.normal_(p, std=(2.0 / self.config.time_freqs) ** 0.5, generator=generator)
+        else:  # every other linear weight
+            residual = name.endswith(("wo.weight", "w2.weight"))
+            std = 0.02 / math.sqrt(2 * self.config.layers) if residual else 0.02
+            nn.init.normal_(p, std=std, generator=generator)
 
     def forward(
         self, z: Tensor, tau: Tensor, attention: AttentionPattern | None = None, cache: FrontierCache | None = None,
-        positions: Tensor | None = None, outputs_from: int = 0,
+        positions: Tensor | None = None,
     ) -> DenoiserOutput:
         """Logits (B, L, V) in float32 (float64 for a float64 model) and time estimates (B, L) for latents
         z (B, L, d_latent) at times tau (B, L).
 
         With a ``cache`` holding the committed prefix, ``z`` and ``tau`` cover positions
         ``cache.length ..`` only; the leading committed tokens of this chunk join the cache.
-        ``positions`` (L,) gives the rotary positions explicitly (default ``offset .. offset + L - 1``);
-        ``outputs_from`` skips the heads of the first positions (outputs cover ``outputs_from ..``).
+        ``positions`` (L,) gives the rotary positions explicitly (default ``offset .. offset + L - 1``).
+        With ``config.shift`` the outputs of position i are read from the hidden state at i - 1 (the cache keeps
+        the last committed token's state for the chunk's first position; position 0 reads its own).
         """
+        h = self._hidden(z, tau, attention, cache, positions)  # (B, L, width)
+        rows = h
+        if self.config.shift:
+            first = h[:, :1] if cache is None or cache.tail is None else cache.tail  # (B, 1, width)
+            rows = torch.cat([first, h[:, :-1]], dim=1)
+        if cache is not None:
+            n = leading_committed(tau)
+            if n:
+                cache.tail = h[:, n - 1 : n].detach()
+            cache.commit(n)
+        return self._readout(rows)
+
+    def _hidden(self, z: Tensor, tau: Tensor, attention: AttentionPattern | None, cache: FrontierCache | None,
+                positions: Tensor | None) -> Tensor:
+        """The final residual stream (B, L, width), before the norm and heads (see :meth:`forward`)."""
         pattern = self.attention if attention is None else attention
         self._check_inputs(z, tau, pattern, cache)
         offset = 0 if cache is None else cache.length
@@ -258,22 +284,32 @@ class EvoTransformer(nn.Module):
         elif cache is not None or positions.shape != z.shape[1:2] or positions.dtype.is_floating_point:
             raise ValueError(f"positions must be an integer tensor of shape ({z.shape[1]},) and no cache is allowed "
                              f"with it, got {_shape(positions)}")
+        window = self.config.sliding_window
+        if window is not None and positions.numel() and int(positions.max()) >= window:
+            raise ValueError(f"sequence of {int(positions.max()) + 1} positions exceeds the model's sliding_window "
+                             f"({window}): windowed attention is not implemented, and within the window it is exact")
         exact = _at_least_float32(self.norm.weight.dtype)  # positions, angles and logits: float32 or better
-        rope = rope_tables(positions, self.config.head_dim, self.config.rope_theta, exact)
+        rope = rope_tables(positions, self.config.head_dim, self.config.rope_theta, exact, self.config.rope_scaling)
         mask = pattern.mask(tau, offset)  # (B, 1, L, offset + L) or None
         h, mod = self._inputs(z, tau)
         for i, block in enumerate(self.blocks):
             h = block(h, rope, mask, mod, None if cache is None else cache.layers[i])
-        h = self.norm(h[:, outputs_from:])
+        return h
+
+    def _readout(self, h: Tensor) -> DenoiserOutput:
+        """Logits (B, L, V) and time estimates (B, L) from hidden states h (B, L, width): RMSNorm, then the heads
+        (the head is the embedding table itself when ``tie_head``)."""
+        exact = _at_least_float32(self.norm.weight.dtype)
+        h = self.norm(h)
         that = torch.sigmoid(self.time_head(h).squeeze(-1).to(exact))  # (B, L)
-        out = DenoiserOutput(logits=self.head(h).to(exact), time=that)
-        if cache is not None:
-            cache.commit(leading_committed(tau))
-        return out
+        logits = F.linear(h, self.embed.weight) if self.head is None else self.head(h)
+        return DenoiserOutput(logits=logits.to(exact), time=that)
 
     def _inputs(self, z: Tensor, tau: Tensor) -> tuple[Tensor, Modulation | None]:
         """The residual stream's input (B, L, width) and the time modulation (6 x (B, L, width) or None)."""
         h = z.to(self.norm.weight.dtype)  # (B, L, d_latent)
+        if self.config.latent_scale != 1:  # the latent table is latent_scale x the stored rows
+            h = h / self.config.latent_scale
         if self._blank_noise:  # alpha(1) = 0: a latent at t = 1 is pure noise; read zeros instead
             h = torch.where((tau == 1)[..., None], 0.0, h)
         if self.proj_in is not None:
@@ -284,12 +320,21 @@ class EvoTransformer(nn.Module):
     def two_stream(self, x: Tensor, z: Tensor, tau: Tensor, start: Tensor) -> DenoiserOutput:
         """Outputs (B, L, ...) for the noised tokens ``z`` (B, L, d_latent) at times ``tau`` (B, L), each in the
         state "tokens before ``start[b, i]`` clean (the ids ``x``), its group at ``tau``, the rest at t = 1",
-        all in one call of 2L tokens (:class:`~evoflow.nn.attention.TwoStream`; THEORY C9, C13)."""
+        all in one call of 2L tokens (:class:`~evoflow.nn.attention.TwoStream`; THEORY C9, C13).
+
+        With ``config.shift`` noised token i reads the state of position i - 1 in that state: the noised copy's
+        when i - 1 is in its group, else the clean copy's (the AR path's causal state at i - 1)."""
         L = x.shape[1]
         clean = self.embeddings[x].to(z.dtype)  # (B, L, d_latent)
         pos = torch.arange(L, device=z.device)
-        return self(torch.cat([clean, z], 1), torch.cat([torch.zeros_like(tau), tau], 1),
-                    attention=TwoStream(start), positions=torch.cat([pos, pos]), outputs_from=L)
+        h = self._hidden(torch.cat([clean, z], 1), torch.cat([torch.zeros_like(tau), tau], 1),
+                         TwoStream(start), None, torch.cat([pos, pos]))  # (B, 2L, width)
+        if not self.config.shift:
+            return self._readout(h[:, L:])
+        prev = pos - 1  # (L,)
+        rows = torch.where(prev[None] >= start, L + prev[None], prev[None])  # (B, L): noised or clean copy of i - 1
+        rows[:, 0] = L  # position 0 reads its own state
+        return self._readout(h.gather(1, rows[..., None].expand(-1, -1, h.shape[-1])))
 
     def ar_logits(self, x: Tensor) -> Tensor:
         """Logits (B, L, V) of every token of ``x`` (B, L) with the tokens before it clean and itself and the

@@ -128,10 +128,13 @@ def test_frontier_hides_pure_noise_from_active_tokens(make_model):
     assert not bool(m[1, 3]) and not bool(m[2, 4]) and bool(m[3, 3]) and bool(m[1, 2]) and bool(m[2, 0])
 
 
-def test_two_stream_gives_each_group_its_frontier_state(make_model):
+@pytest.mark.parametrize("overrides", [{}, dict(shift=True), dict(shift=True, embedding="learned", latent_scale=2.5)],
+                         ids=["own readout", "shifted", "shifted, scaled latents"])
+def test_two_stream_gives_each_group_its_frontier_state(make_model, overrides):
     """Noised token i in the two-stream call equals the single-stream Frontier call in the state it stands
-    for: tokens before its group clean, its group at its times, everything after at t = 1."""
-    model = make_model()
+    for: tokens before its group clean, its group at its times, everything after at t = 1 (with the shifted
+    readout of an imported AR model too: token i reads position i - 1 of that state)."""
+    model = make_model(**overrides)
     g = torch.Generator().manual_seed(0)
     B, L, V = 2, 6, model.config.vocab
     x = torch.randint(0, V, (B, L), generator=g)

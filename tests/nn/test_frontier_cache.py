@@ -19,9 +19,11 @@ def decoding_schedule(B=3, L=12, seed=0):
         yield tau
 
 
-def test_cached_decoding_equals_full_recomputation(make_model):
-    """Max |logits(cached) - logits(full)| <= 1e-5 in float32 over a sequence of commits."""
-    model = make_model(layers=3)
+@pytest.mark.parametrize("overrides", [{}, dict(shift=True)], ids=["own readout", "shifted readout"])
+def test_cached_decoding_equals_full_recomputation(make_model, overrides):
+    """Max |logits(cached) - logits(full)| <= 1e-5 in float32 over a sequence of commits (with the shifted
+    readout, the chunk's first position reads the cached last committed state)."""
+    model = make_model(layers=3, **overrides)
     cached = CachedDenoiser(model)
     z = torch.randn(3, 12, model.config.d_latent, generator=torch.Generator().manual_seed(1))
     lengths = []
