@@ -47,7 +47,7 @@ def writable_folder(path: pathlib.Path, error: type[Exception]) -> pathlib.Path:
 _FLAGS = {  # command-line flag -> TrainConfig field (None: same name)
     "size": None, "data": None, "field": None, "tokenizer": None, "vocab": None, "steps": None, "batch": None,
     "seq": None, "seed": None, "lr": None, "mixture": None, "surrogate": None, "t_min": None,
-    "eval_every": None, "checkpoint_every": None, "compile": None,
+    "eval_every": None, "checkpoint_every": None, "compile": None, "init": None, "anneal": None,
 }
 
 
@@ -143,6 +143,10 @@ def _train_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--eval-every", dest="eval_every", type=int, help="validation every N steps")
     p.add_argument("--checkpoint-every", dest="checkpoint_every", type=int, help="checkpoint every N steps")
     p.add_argument("--compile", action="store_const", const=True, help="torch.compile every block")
+    p.add_argument("--init", help="start from a Hugging Face checkpoint directory (config.json + safetensors: "
+                                  "Llama, Mistral, Qwen2, Qwen3); its tokenizer.json unless --tokenizer")
+    p.add_argument("--anneal", type=int, help="grow attention's look-ahead from causal to the frontier pattern "
+                                              "over N steps (default 0: the frontier pattern from the start)")
     p.add_argument("--config", help="a TOML file of TrainConfig fields (flags given here override it)")
     p.add_argument("--out", help="the run directory (default runs/train-<time>)")
     p.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")

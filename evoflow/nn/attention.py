@@ -74,11 +74,21 @@ class Frontier(AttentionPattern):
 
         M[q, k] = (t_q > 0 and (t_k < 1 or k = q))  or  (t_k = 0 and k <= q);   cached keys are committed.
 
-    Derivation: proofs/p12_frontier_cache.md.
+    ``reach`` (None: unbounded) limits how far ahead an active token looks: ``k <= q + reach`` in addition
+    (``reach=0``: causal). Adapting an AR checkpoint anneals it from 0 up (``evoflow train --anneal``), as
+    DiffuLLaMA anneals its mask. Derivation: proofs/p12_frontier_cache.md.
     """
 
     cacheable = True
     hides_noise = True
+
+    def __init__(self, reach: int | None = None):
+        if reach is not None and (isinstance(reach, bool) or not isinstance(reach, int) or reach < 0):
+            raise ValueError(f"reach must be None or a non-negative integer, got {reach!r}")
+        self.reach = reach
+
+    def __repr__(self) -> str:
+        return "Frontier()" if self.reach is None else f"Frontier(reach={self.reach})"
 
     def mask(self, tau: Tensor, offset: int = 0) -> Tensor:
         q_pos, k_pos = _positions(tau, offset)
@@ -89,6 +99,8 @@ class Frontier(AttentionPattern):
         causal = k_pos[None, :] <= q_pos[:, None]  # (L, offset + L)
         itself = k_pos[None, :] == q_pos[:, None]
         sees = k_informative[:, None, :] | itself[None]  # what an active query sees
+        if self.reach is not None:
+            sees = sees & (k_pos[None, :] <= q_pos[:, None] + self.reach)[None]
         m = (~committed[:, :, None] & sees) | (k_committed[:, None, :] & causal[None])  # (B, L, offset + L)
         return m[:, None]
 
@@ -129,9 +141,11 @@ class TwoStream(AttentionPattern):
     group at the noised times, everything after at t = 1": one call scores every group of a staircase,
     of a rolling window's systematic sample, or of the AR path (groups of one token at t = 1).
     ``start`` is (B, L) int with ``start_i <= i`` and groups contiguous; the call's ``tau`` is (B, 2L).
+    ``reach`` bounds the look-ahead inside a group as in :class:`Frontier` (``j <= i + reach``).
     """
 
-    def __init__(self, start: Tensor):
+    def __init__(self, start: Tensor, reach: int | None = None):
+        self.reach = Frontier(reach).reach  # the same check
         if not isinstance(start, Tensor) or start.ndim != 2 or start.dtype.is_floating_point:
             raise ValueError(f"start must be an integer tensor of shape (B, L), got {getattr(start, 'shape', start)}")
         L = start.shape[1]
@@ -150,6 +164,8 @@ class TwoStream(AttentionPattern):
         same = self.start[:, :, None] == self.start[:, None, :]
         noisy = tau[:, L:] < 1
         group = same & (noisy[:, None, :] | (pos[None, :] == pos[:, None])[None])  # noised -> noised
+        if self.reach is not None:
+            group = group & (pos[None, :] <= pos[:, None] + self.reach)[None]
         top = torch.cat([causal, torch.zeros_like(causal)], dim=2)
         bottom = torch.cat([prefix, group], dim=2)
         return torch.cat([top, bottom], dim=1)[:, None]  # (B, 1, 2L, 2L)

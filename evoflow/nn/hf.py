@@ -125,16 +125,18 @@ def _rope(cfg: dict, root: pathlib.Path) -> tuple[float, RopeScaling | None]:
     raise HFImportError(f"{root}: rope scaling of type {kind!r} is not supported (supported: default, linear, llama3)")
 
 
-def hf_config(path: str | pathlib.Path, latent_scale: float = 1.0, time_conditioning: bool = True,
+def hf_config(path: str | pathlib.Path, latent_scale: float | None = None, time_conditioning: bool = True,
               shift: bool = True, **options) -> TransformerConfig:
     """The :class:`TransformerConfig` of the checkpoint at ``path`` (THEORY section 8): its body's shape and
-    options, ``embedding="learned"``, ``d_latent = width``; ``options`` override other fields (``schedule``,
-    ``time_freqs``, ``time_width``...)."""
+    options, ``embedding="learned"``, ``d_latent = width``, ``latent_scale`` derived from the embedding when
+    None (module docstring); ``options`` override other fields (``schedule``, ``time_freqs``, ``time_width``...)."""
     root = pathlib.Path(path).expanduser()
     cfg = _read_config(root)
     arch = _architecture(cfg, root)
     theta, scaling = _rope(cfg, root)
     width = int(cfg["hidden_size"])
+    if latent_scale is None:
+        latent_scale = _embedding_scale(_shards(root), width)
     heads = int(cfg["num_attention_heads"])
     attention_bias = bool(cfg.get("attention_bias", False))
     window = cfg.get("sliding_window") if SUPPORTED[arch] == "mistral" else None
@@ -249,10 +251,8 @@ def import_hf(path: str | pathlib.Path, dtype: torch.dtype = torch.float32, devi
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     root = pathlib.Path(path).expanduser()
     cfg_json = _read_config(root)
-    config = hf_config(root, 1.0, time_conditioning, shift, **options)
+    config = hf_config(root, latent_scale, time_conditioning, shift, **options)
     shards = _shards(root)
-    scale = _embedding_scale(shards, config.width) if latent_scale is None else float(latent_scale)
-    config = hf_config(root, scale, time_conditioning, shift, **options)
     with torch.device("meta"):
         model = EvoTransformer(config).to(dtype)  # the dtype first, so that materialising allocates one copy
     model = model.to_empty(device=device)
@@ -270,7 +270,8 @@ def import_hf(path: str | pathlib.Path, dtype: torch.dtype = torch.float32, devi
                       stacklevel=2)
     arch = _architecture(cfg_json, root)
     report = ImportReport(source=str(root), architecture=arch, bos_id=_token_id(cfg_json, "bos_token_id"),
-                          eos_id=_token_id(cfg_json, "eos_token_id"), latent_scale=scale, unexpected=unexpected,
+                          eos_id=_token_id(cfg_json, "eos_token_id"), latent_scale=config.latent_scale,
+                          unexpected=unexpected,
                           initialised=initialised)
     return model.eval(), report
 

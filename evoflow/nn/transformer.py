@@ -323,12 +323,14 @@ class EvoTransformer(nn.Module):
         all in one call of 2L tokens (:class:`~evoflow.nn.attention.TwoStream`; THEORY C9, C13).
 
         With ``config.shift`` noised token i reads the state of position i - 1 in that state: the noised copy's
-        when i - 1 is in its group, else the clean copy's (the AR path's causal state at i - 1)."""
+        when i - 1 is in its group, else the clean copy's (the AR path's causal state at i - 1). The look-ahead
+        ``reach`` of the model's pattern (``Frontier(reach)``) applies inside the groups too."""
         L = x.shape[1]
         clean = self.embeddings[x].to(z.dtype)  # (B, L, d_latent)
         pos = torch.arange(L, device=z.device)
         h = self._hidden(torch.cat([clean, z], 1), torch.cat([torch.zeros_like(tau), tau], 1),
-                         TwoStream(start), None, torch.cat([pos, pos]))  # (B, 2L, width)
+                         TwoStream(start, getattr(self.attention, "reach", None)), None,
+                         torch.cat([pos, pos]))  # (B, 2L, width)
         if not self.config.shift:
             return self._readout(h[:, L:])
         prev = pos - 1  # (L,)

@@ -30,6 +30,11 @@ class TrainConfig:
     ``size`` a row of :func:`evoflow.nn.get_config` (``vocab`` comes from the tokenizer), ``model`` overrides
     of its fields; ``data`` a built-in corpus (pydoc, docstrings, stdlib) or a path, ``tokenizer`` a local
     tokenizer.json instead of a trained BPE of ``vocab`` tokens; ``batch`` the global batch.
+
+    ``init`` a Hugging Face checkpoint directory to start from (:func:`evoflow.nn.from_hf`): its config fills
+    ``model`` (so the run's config.json rebuilds the model without it), ``vocab`` is its vocabulary and its
+    tokenizer.json the tokenizer unless ``tokenizer`` is given. ``anneal`` > 0 grows the attention's
+    look-ahead linearly from causal (reach 0) to the full frontier pattern over that many steps.
     """
 
     size: str = "demo"
@@ -58,8 +63,13 @@ class TrainConfig:
     checkpoint_every: int = 100
     keep: int = 2
     compile: bool = False
+    init: str | None = None
+    anneal: int = 0
 
     def __post_init__(self):
+        self.anneal = as_int(self.anneal, "anneal", minimum=0)
+        if self.init is not None:
+            self._from_checkpoint_dir()
         if self.size not in config_names():
             raise ValueError(f"size must be one of {', '.join(config_names())}, got {self.size!r}")
         for name in ("vocab", "seq", "batch", "steps", "eval_every", "checkpoint_every", "keep", "sync_steps"):
@@ -73,6 +83,18 @@ class TrainConfig:
         if self.surrogate not in ("mse", "ce"):
             raise ValueError(f"surrogate must be 'mse' or 'ce', got {self.surrogate!r}")
         get_config(self.size, **{**self.model, "vocab": self.vocab})  # unknown or impossible fields fail here
+
+    def _from_checkpoint_dir(self) -> None:
+        """Fill ``model``, ``vocab`` and ``tokenizer`` from the checkpoint directory ``init`` (once: a saved config
+        already holds the fields, and the directory need not exist any more when the run is resumed or loaded)."""
+        from evoflow.nn import hf_config
+
+        if "shift" not in self.model:  # not yet derived
+            fields = dataclasses.asdict(hf_config(self.init, latent_scale=None, **self.model))
+            self.model = {k: v for k, v in fields.items() if k != "name"}
+        self.vocab = int(self.model["vocab"])
+        if self.tokenizer is None:
+            self.tokenizer = str(self.init)
 
     @classmethod
     def from_toml(cls, path: str | os.PathLike, **overrides) -> TrainConfig:

@@ -26,7 +26,7 @@ import time
 import torch
 from torch import Tensor, nn
 
-from evoflow.nn import EvoTransformer, get_config
+from evoflow.nn import EvoTransformer, Frontier, get_config
 from evoflow.train.checkpoint import load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from evoflow.train.config import TrainConfig, learning_rate
 from evoflow.train.data import DataError, Loader, TokenData, load_corpus, load_tokenizer, prepare, train_tokenizer
@@ -40,13 +40,31 @@ def load_data(cfg: TrainConfig, cache: pathlib.Path) -> TokenData:
     """The corpus, its tokenizer (trained BPE cached under ``cache``, or ``cfg.tokenizer``) and the packed split
     (THEORY section 8: the learned model's training text)."""
     corpus = load_corpus(cfg.data, cfg.field)
-    tok = load_tokenizer(cfg.tokenizer) if cfg.tokenizer else train_tokenizer(corpus, cfg.vocab, cache)
+    rows = cfg.vocab if cfg.init else None  # an imported model's embedding rows bound the tokenizer's ids
+    tok = load_tokenizer(cfg.tokenizer, max_vocab=rows) if cfg.tokenizer else train_tokenizer(corpus, cfg.vocab, cache)
     return prepare(corpus, tok, cfg.seq, cfg.valid_fraction, cfg.seed, cache)
 
 
-def build_model(cfg: TrainConfig, vocab: int) -> EvoTransformer:
-    """The run's Transformer (THEORY section 8): the ``size`` row, the tokenizer's vocabulary, ``model`` overrides."""
+def reach(cfg: TrainConfig, step: int) -> int | None:
+    """The attention look-ahead at ``step`` (1-based) while annealing: ``floor(seq * step / anneal)`` tokens,
+    from causal towards the full frontier pattern (None) once ``step >= anneal``."""
+    if cfg.anneal == 0 or step >= cfg.anneal:
+        return None
+    return cfg.seq * step // cfg.anneal
+
+
+def build_model(cfg: TrainConfig, vocab: int, pretrained: bool = False) -> EvoTransformer:
+    """The run's Transformer (THEORY section 8): the ``size`` row, the tokenizer's vocabulary, ``model`` overrides;
+    for a run started from a checkpoint directory (``init``), its shape, and with ``pretrained`` its weights."""
     torch.manual_seed(cfg.seed)
+    if cfg.init is not None:
+        if vocab > cfg.vocab:
+            raise DataError(f"tokenizer: ids up to {vocab - 1} but the model in {cfg.init} has {cfg.vocab} rows")
+        if pretrained:
+            from evoflow.nn import from_hf
+
+            return from_hf(cfg.init, **cfg.model).train()
+        vocab = cfg.vocab
     return EvoTransformer(get_config(cfg.size, **{**cfg.model, "vocab": vocab}))
 
 
@@ -113,7 +131,7 @@ class Run:
             if any(saved.get(k) != self.data.identity[k] for k in ("sha256", "tokenizer_sha256")):
                 raise DataError(f"{cfg.data}: not the text this run was trained on (corpus or tokenizer sha256 "
                                 f"differs from its checkpoint's); resume with the original data")
-        self.model = build_model(cfg, self.data.tokenizer.vocab_size).to(self.device)
+        self.model = build_model(cfg, self.data.tokenizer.vocab_size, pretrained=not resume).to(self.device)
         self.trainee = Trainee(self.model, PathMixture(cfg.mixture, cfg.t_min, cfg.surrogate, cfg.time_weight))
         if mesh is not None or cfg.compile:
             from evoflow.nn import parallelize
@@ -190,12 +208,14 @@ class Run:
             group["lr"] = lr
         start = time.perf_counter()
         x = next(self.loader).to(self.device)
+        self.model.attention = Frontier(reach(cfg, self.step + 1))
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=self.device.type == "cuda" and self.world == 1):
             est = self.trainee(x, self.gen, self.rank, self.world)
         self.opt.zero_grad(set_to_none=True)
         est.loss.backward()
         norm = torch.nn.utils.clip_grad_norm_(self.trainee.parameters(), cfg.clip) if cfg.clip > 0 else None
         self.opt.step()
+        self.model.attention = Frontier()  # validation and checkpoints see the model's own pattern
         self.step += 1
         scalars = torch.stack([est.loss.detach(), est.mixture.mean(), est.time_loss]).to(torch.float64)
         if self.world > 1:  # each process holds its share: the global batch's figures are their mean

@@ -5,7 +5,7 @@ import torch
 from hypothesis import given
 from hypothesis import strategies as st
 
-from evoflow.nn import Bidirectional, BlockCausal, Frontier
+from evoflow.nn import Bidirectional, BlockCausal, Frontier, TwoStream
 
 
 @st.composite
@@ -151,3 +151,28 @@ def test_two_stream_gives_each_group_its_frontier_state(make_model, overrides):
             state_z = torch.where((torch.arange(L) < s)[:, None], E[x[b]], z[b])[None]
             want = model(state_z, state_tau, attention=Frontier())
             torch.testing.assert_close(got.logits[b, i], want.logits[0, i], rtol=1e-5, atol=1e-5)
+
+
+def test_reach_bounds_the_look_ahead_of_active_tokens():
+    """Frontier(reach=r): an active query sees informative keys at most r positions ahead; reach 0 is causal
+    among active tokens; committed tokens are unaffected (their rows are causal anyway)."""
+    tau = torch.tensor([[0.0, 0.0, 0.5, 0.3, 0.7, 0.2, 1.0]], dtype=torch.float64)
+    full = Frontier().mask(tau)[0, 0]
+    for r in (0, 1, 3):
+        m = Frontier(reach=r).mask(tau)[0, 0]
+        q, k = torch.meshgrid(torch.arange(7), torch.arange(7), indexing="ij")
+        assert torch.equal(m, full & (k <= q + r))
+    assert not bool(Frontier(reach=0).mask(tau)[0, 0, 2, 3]) and bool(full[2, 3])
+    with pytest.raises(ValueError, match="reach must be"):
+        Frontier(reach=-1)
+
+
+def test_two_stream_reach_bounds_the_look_ahead_inside_a_group():
+    start = torch.tensor([[0, 0, 0, 3]])
+    tau = torch.cat([torch.zeros(1, 4), torch.full((1, 4), 0.5)], 1).double()
+    full = TwoStream(start).mask(tau)[0, 0]
+    causal = TwoStream(start, reach=0).mask(tau)[0, 0]
+    assert bool(full[4, 5]) and not bool(causal[4, 5])  # noised 0 sees noised 1 only without the bound
+    assert torch.equal(causal[:, :4], full[:, :4])  # the clean prefix is behind every query anyway
+    q = torch.arange(8) % 4
+    assert torch.equal(causal, full & (q[None, :] <= q[:, None]))
