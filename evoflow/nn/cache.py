@@ -156,18 +156,23 @@ class CachedDenoiser:
         P = self.cache.length
         return bool((tau[:, :P] == 0).all()) and torch.equal(z[:, :P].to(self._z.dtype), self._z)
 
-    def __call__(self, z: Tensor, tau: Tensor) -> DenoiserOutput:
+    @property
+    def reads_ahead(self) -> bool:
+        """Whether a call may ask for one output past its end (``ahead=1``: a shifted model, C13)."""
+        return bool(getattr(self.model.config, "shift", False))
+
+    def __call__(self, z: Tensor, tau: Tensor, ahead: int = 0) -> DenoiserOutput:
         if not isinstance(z, Tensor) or z.ndim != 3 or not isinstance(tau, Tensor) or tau.ndim != 2:
             raise ValueError("z must have shape (B, L, d) and tau (B, L)")
         if not self._valid_for(z, tau):
             self.reset()
-            self.cache = FrontierCache(len(self.model.blocks), z.shape[0], capacity=z.shape[1])
+            self.cache = FrontierCache(len(self.model.blocks), z.shape[0], capacity=z.shape[1] + ahead)
             self._z, self._logits, self._time = z[:, :0].detach(), None, None
         P = self.cache.length
         self.hits += P * z.shape[0]
-        if z.shape[1] == P:
+        if z.shape[1] == P and not ahead:
             return DenoiserOutput(logits=self._logits, time=self._time)
-        out = self.model(z[:, P:], tau[:, P:], attention=Frontier(), cache=self.cache)
+        out = self.model(z[:, P:], tau[:, P:], attention=Frontier(), cache=self.cache, ahead=ahead)
         n = self.cache.length - P
         logits = out.logits if self._logits is None else torch.cat([self._logits, out.logits], dim=1)
         time = out.time if self._time is None else torch.cat([self._time, out.time], dim=1)

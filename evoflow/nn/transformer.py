@@ -104,9 +104,10 @@ class Attention(nn.Module):
         q, k = apply_rope(q, rope), apply_rope(k, rope)
         if cache is not None:
             k, v = cache.extend(k, v)  # (B, KV, P + L, hd): the committed prefix, then this chunk
-        if mask is not None:  # CUDA's fused GQA kernel takes no mask: share each K/V head with its group
+        gqa = mask is None or x.device.type != "cuda"
+        if not gqa:  # CUDA's fused GQA kernel takes no mask: share each K/V head with its group
             k, v = (t.repeat_interleave(self.heads // self.kv_heads, dim=1) for t in (k, v))
-        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=mask is None)  # (B, H, L, hd)
+        y = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=gqa)  # (B, H, L, hd)
         return self.wo(y.transpose(1, 2).reshape(B, L, self.heads * self.head_dim))  # explicit: B may be 0
 
 
@@ -250,7 +251,7 @@ class EvoTransformer(nn.Module):
 
     def forward(
         self, z: Tensor, tau: Tensor, attention: AttentionPattern | None = None, cache: FrontierCache | None = None,
-        positions: Tensor | None = None,
+        positions: Tensor | None = None, ahead: int = 0,
     ) -> DenoiserOutput:
         """Logits (B, L, V) in float32 (float64 for a float64 model) and time estimates (B, L) for latents
         z (B, L, d_latent) at times tau (B, L).
@@ -260,12 +261,19 @@ class EvoTransformer(nn.Module):
         ``positions`` (L,) gives the rotary positions explicitly (default ``offset .. offset + L - 1``).
         With ``config.shift`` the outputs of position i are read from the hidden state at i - 1 (the cache keeps
         the last committed token's state for the chunk's first position; position 0 reads its own).
+        ``ahead=1`` (shifted models only) also returns the outputs of one more position, L, at t = 1 and left out
+        of the call: they read the state at L - 1, which no pure-noise token can change (C13), so a decoder
+        need not compute the token it is about to draw (outputs (B, L + 1, ...)).
         """
+        if ahead not in (0, 1) or (ahead and not self.config.shift):
+            raise ValueError(f"ahead must be 0, or 1 for a model with shift=True, got {ahead!r}")
+        if ahead and z.shape[1] == 0 and cache is not None and cache.tail is not None:
+            return self._readout(cache.tail)  # only the position after the cached prefix
         h = self._hidden(z, tau, attention, cache, positions)  # (B, L, width)
         rows = h
         if self.config.shift:
             first = h[:, :1] if cache is None or cache.tail is None else cache.tail  # (B, 1, width)
-            rows = torch.cat([first, h[:, :-1]], dim=1)
+            rows = torch.cat([first, h if ahead else h[:, :-1]], dim=1)
         if cache is not None:
             n = leading_committed(tau)
             if n:

@@ -109,3 +109,24 @@ def test_the_buffers_are_allocated_once_per_generation(make_model):
         layer.commit(1)
         sizes.add(layer._keys.shape[2])
     assert layer.keys.shape == (1, 1, 64, 2) and len(sizes) == 7  # 1, 2, 4, ..., 64
+
+
+def test_a_shifted_model_reads_one_position_ahead(make_model):
+    """With ``shift``, the output of a token at t = 1 reads the state before it, so ``ahead=1`` gives it without
+    computing the token: equal to the full call's output there (C13), through the cache too."""
+    model = make_model(layers=2, shift=True)
+    g = torch.Generator().manual_seed(3)
+    z = torch.randn(2, 10, model.config.d_latent, generator=g)
+    tau = torch.rand(2, 10, generator=g, dtype=torch.float64).clamp_min(0.05)
+    tau[:, :4] = 0.0
+    tau[:, 7:] = 1.0
+    full = model(z, tau, attention=Frontier())
+    short = model(z[:, :7], tau[:, :7], attention=Frontier(), ahead=1)
+    assert short.logits.shape[1] == 8
+    torch.testing.assert_close(short.logits, full.logits[:, :8], rtol=1e-5, atol=1e-5)
+    cached = CachedDenoiser(model)
+    for m in (7, 7, 4):  # a fresh cache, the same state again, then only the committed prefix
+        got = cached(z[:, :m], tau[:, :m], ahead=1)
+        torch.testing.assert_close(got.logits, full.logits[:, : m + 1], rtol=1e-5, atol=1e-5)
+    with pytest.raises(ValueError, match="ahead must be 0, or 1 for a model with shift=True"):
+        make_model(layers=1)(z, tau, ahead=1)
