@@ -130,14 +130,16 @@ def _write_checkpoint(folder: pathlib.Path, size: str, dtype: torch.dtype, shard
     return total
 
 
-_CHILD = """
-import resource, sys, time, torch
+# peak resident memory: VmHWM of /proc/self/status (per address space, so reset by exec; ru_maxrss is not)
+_PEAK = "int(next(l for l in open('/proc/self/status') if l.startswith('VmHWM')).split()[1]) * 1024"
+_CHILD = f"""
+import sys, time, torch
 from evoflow.nn import import_hf
 start = time.perf_counter()
 model, report = import_hf(sys.argv[1], dtype=getattr(torch, sys.argv[2]))
 seconds = time.perf_counter() - start
 params = sum(p.numel() * p.element_size() for p in model.parameters())
-print(seconds, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, params)
+print(seconds, {_PEAK}, params)
 """
 
 
@@ -148,8 +150,7 @@ def import_cost(args) -> None:
         start = time.perf_counter()
         disk = _write_checkpoint(folder, args.size, dtype)
         written = time.perf_counter() - start
-        base = subprocess.run([sys.executable, "-c", "import resource, evoflow.nn; "
-                               "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)"],
+        base = subprocess.run([sys.executable, "-c", f"import evoflow.nn; print({_PEAK})"],
                               capture_output=True, text=True, check=True)
         out = subprocess.run([sys.executable, "-c", _CHILD, str(folder), args.dtype], capture_output=True, text=True,
                              check=True)

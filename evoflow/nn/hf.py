@@ -183,12 +183,13 @@ def _target(key: str) -> str | None:
 
 
 def _embedding_scale(shards: list[pathlib.Path], width: int) -> float:
-    """``sqrt(d) / sqrt(mean_v ||row_v||^2)`` of the checkpoint's input embedding (read once, in float64)."""
+    """``sqrt(d) / sqrt(mean_v ||row_v||^2)`` of the checkpoint's input embedding (read once, summed in float64)."""
     for shard in shards:
         with _open(shard) as f:
             if "model.embed_tokens.weight" in f.keys():  # noqa: SIM118 (safe_open has no __contains__)
-                rows = _get(f, "model.embed_tokens.weight", shard).to(torch.float64)
-                rms = float(rows.pow(2).sum(1).mean().sqrt())
+                rows = _get(f, "model.embed_tokens.weight", shard)
+                squares = sum(float(c.to(torch.float64).pow(2).sum()) for c in rows.split(4096))  # no float64 copy
+                rms = math.sqrt(squares / rows.shape[0])
                 if not math.isfinite(rms) or rms <= 0:
                     raise HFImportError(f"{shard}: the input embedding has RMS row norm {rms}")
                 return math.sqrt(width) / rms
