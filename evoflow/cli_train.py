@@ -163,7 +163,8 @@ def add_commands(sub, formatter) -> None:
                         formatter_class=formatter,
                         description="Score a run's latest checkpoint: ar (exact, C13), sync[:K], block:B[:K], "
                                     "rolling:W[:K] (bounds) on the run's validation text or on --data.")
-    ev.add_argument("run", help="a run directory written by evoflow train")
+    ev.add_argument("run", help="a run directory written by evoflow train, or a Hugging Face checkpoint directory "
+                                "(imported as is, before any adaptation; needs --data)")
     ev.add_argument("--path", action="append", default=None, help="a decoding path; repeat for several "
                                                                    "(default: ar and sync:16)")
     ev.add_argument("--steps", type=int, default=None, help="grid steps K for the bounds (default 16, or one "

@@ -16,7 +16,8 @@ MODULES = ["evoflow", "evoflow.schedules", "evoflow.paths", "evoflow.process", "
            "evoflow.train", "evoflow.train.data", "evoflow.train.corpus", "evoflow.train.tokenizer",
            "evoflow.train.checkpoint", "evoflow.train.objective",
            "evoflow.train.config", "evoflow.train.loop", "evoflow.train.evaluate", "evoflow.train.report",
-           "evoflow.train.session", "evoflow.demo", "evoflow.cli_train"]
+           "evoflow.train.session", "evoflow.demo", "evoflow.cli_train", "evoflow.nn.hf", "evoflow.integrations",
+           "evoflow.integrations.lm_eval", "evoflow.integrations.loading"]
 CITATION = re.compile(r"\bC\d+\b|THEORY|proofs/p\d\d")
 PUBLIC = sorted({(m, name) for m in MODULES for name in getattr(importlib.import_module(m), "__all__", [])})
 

@@ -50,7 +50,8 @@ EMBEDDINGS = ("normalized", "frozen", "learned")
 
 @dataclass(frozen=True)
 class RopeScaling:
-    """Rescaled rotary frequencies for contexts longer than pre-training's (Llama 3.1's ``llama3`` rule, or ``linear``).
+    """Rescaled rotary frequencies for contexts longer than pre-training's (Llama 3.1's ``llama3`` rule, or ``linear``;
+    THEORY section 8: an option of the Transformer so that imported checkpoints are represented exactly).
 
     ``linear``: every frequency ``w_k`` becomes ``w_k / factor`` (position interpolation).
     ``llama3``: with wavelength ``lambda_k = 2 pi / w_k`` and ``n = original_max_positions``,

@@ -56,14 +56,16 @@ _LAYER_KEY = re.compile(r"model\.layers\.(\d+)\.(.+)\.(weight|bias)")
 
 
 class HFImportError(ValueError):
-    """A checkpoint directory that cannot be imported: the message names the file and what is missing."""
+    """A checkpoint directory that cannot be imported: the message names the file and what is missing (THEORY
+    section 8)."""
 
 
 @dataclass
 class ImportReport:
-    """What :func:`import_hf` read: the source, its architecture, the BOS id from config.json (None if absent),
-    the derived ``latent_scale``, the checkpoint keys not used (``unexpected``) and the model's parameters left
-    at their initial value because the checkpoint does not have them (``initialised``: the time parts)."""
+    """What :func:`import_hf` read (THEORY section 8, C13): the source, its architecture, the BOS and EOS ids from
+    config.json (None if absent), the derived ``latent_scale``, the checkpoint keys not used (``unexpected``) and
+    the model's parameters left at their initial value because the checkpoint does not have them
+    (``initialised``: the time parts)."""
 
     source: str
     architecture: str

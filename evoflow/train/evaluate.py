@@ -25,7 +25,7 @@ from evoflow.kernels import MixtureKernel
 from evoflow.paths import Path, Rolling, Staircase, Synchronous
 from evoflow.train.objective import token_decoder_nll
 
-__all__ = ["PathScore", "parse_path", "score_path"]
+__all__ = ["GaussianDecoded", "PathScore", "parse_path", "score_path"]
 
 LN2 = math.log(2.0)
 
@@ -69,7 +69,7 @@ def parse_path(spec: str, length: int, steps: int | None = None) -> tuple[str, P
     raise ValueError(f"path must be ar, sync[:K], block:B[:K] or rolling:W[:K], got {spec!r}")
 
 
-class _GaussianDecoded:
+class GaussianDecoded:
     """The model with the closed-form decoder ``p(x_i = v | z_i) ~ N(z_i; alpha e_v, sigma^2 I)`` (uniform prior over
     tokens, independently per token) as its joint decoder at the clean end of a bound: the decoder the training
     objective scores the final jump with (C9), valid like any other; tokens at sigma = 0 are identified."""
@@ -100,7 +100,7 @@ def score_path(model, x: Tensor, spec: str, steps: int | None = None, seed: int 
         if path is None:
             per_seq.append(-ar_log_likelihood(model, chunk))
         else:
-            r = nelbo(_GaussianDecoded(model), chunk, path, K, kernel=MixtureKernel(), t_min=t_min, generator=g)
+            r = nelbo(GaussianDecoded(model), chunk, path, K, kernel=MixtureKernel(), t_min=t_min, generator=g)
             per_seq.append(r.total)
     nats = torch.cat(per_seq).to(torch.float64).cpu() / x.shape[1]
     se = float(nats.std() / math.sqrt(len(nats))) if len(nats) > 1 else math.nan

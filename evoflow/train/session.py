@@ -17,11 +17,11 @@ from torch import Tensor
 from evoflow.nn import EvoTransformer
 from evoflow.train.checkpoint import load_checkpoint
 from evoflow.train.config import TrainConfig
-from evoflow.train.data import DataError, TextTokenizer, load_corpus, prepare
+from evoflow.train.data import DataError, TextTokenizer, load_corpus, load_tokenizer, prepare
 from evoflow.train.evaluate import PathScore, score_path
 from evoflow.train.loop import build_model, load_data
 
-__all__ = ["LoadedRun", "load_model", "load_run"]
+__all__ = ["LoadedRun", "is_checkpoint_dir", "load_model", "load_run"]
 
 
 @dataclass
@@ -51,9 +51,36 @@ def load_model(run: str | pathlib.Path) -> tuple[EvoTransformer, TrainConfig, Te
     return model.eval(), cfg, tok, ckpt
 
 
+def is_checkpoint_dir(path: str | pathlib.Path) -> bool:
+    """Whether ``path`` is a Hugging Face checkpoint directory (config.json, no evoflow checkpoints/), scored as
+    imported (THEORY section 8, C13)."""
+    path = pathlib.Path(path)
+    return (path / "config.json").is_file() and not (path / "checkpoints").exists()
+
+
+def _load_imported(folder: pathlib.Path, data: str | None) -> LoadedRun:
+    """An imported checkpoint (:func:`evoflow.nn.from_hf`) before any adaptation, scored on the validation rows
+    that ``evoflow train --init folder --data data`` scores with the default split (C13)."""
+    from evoflow.nn import from_hf
+
+    if data is None:
+        raise DataError(f"data: {folder} is a checkpoint directory without a validation split; give the text "
+                        f"to score (--data)")
+    cfg = TrainConfig(init=str(folder), data=data)
+    model = from_hf(folder, **cfg.model)
+    tok = load_tokenizer(folder, max_vocab=model.config.vocab)
+    packed = prepare(load_corpus(data, cfg.field), tok, cfg.seq, valid_fraction=cfg.valid_fraction, seed=cfg.seed)
+    rows = packed.valid if cfg.eval_rows == 0 else packed.valid[: cfg.eval_rows]
+    return LoadedRun(model, cfg, tok, rows, 0, f"the validation split of {data} (the rows evoflow train --init "
+                     f"{folder} --data {data} validates on)")
+
+
 def load_run(run: str | pathlib.Path, data: str | None = None) -> LoadedRun:
-    """Load ``run`` (a directory written by ``evoflow train``); score its validation rows, or ``data`` (C13)."""
+    """Load ``run`` (a directory written by ``evoflow train``, or a Hugging Face checkpoint directory, imported);
+    score its validation rows, or ``data`` (C13)."""
     run = pathlib.Path(run)
+    if is_checkpoint_dir(run):
+        return _load_imported(run, data)
     model, cfg, tok, ckpt = load_model(run)
     if data is None:
         prepared = load_data(cfg, run.parent / ".evoflow-cache")

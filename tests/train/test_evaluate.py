@@ -7,7 +7,7 @@ import torch
 
 from evoflow.paths import Rolling, Staircase, Synchronous
 from evoflow.schedules import get_schedule
-from evoflow.train.evaluate import _GaussianDecoded, parse_path
+from evoflow.train.evaluate import GaussianDecoded, parse_path
 
 F64 = torch.float64
 
@@ -29,7 +29,7 @@ def test_the_decoder_is_bayes_rule_with_a_uniform_prior_and_gaussian_likelihoods
     sched = _Stub.schedule
     a, s = sched.alpha(tau), sched.sigma(tau)
     z = a[..., None] * E[x] + s[..., None] * torch.randn(B, L, d, generator=g, dtype=F64)
-    got = _GaussianDecoded(_Stub(E)).log_posterior(x, z, tau)
+    got = GaussianDecoded(_Stub(E)).log_posterior(x, z, tau)
     expected = torch.zeros(B, dtype=F64)
     for b in range(B):
         for i in range(L):

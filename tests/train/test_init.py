@@ -15,7 +15,7 @@ import torch
 import evoflow as ef
 from evoflow.nn import Frontier, from_hf
 from evoflow.train.config import TrainConfig
-from evoflow.train.data import load_corpus, prepare, train_tokenizer
+from evoflow.train.data import load_corpus, load_tokenizer, prepare, train_tokenizer
 from evoflow.train.evaluate import score_path
 from evoflow.train.loop import Run, reach
 from evoflow.train.session import load_model
@@ -95,3 +95,18 @@ def test_adaptation_improves_the_synchronous_bound_and_keeps_the_ar_likelihood(p
     assert summary["val_ar_bits"] < before["ar"] * 1.05, (before, summary)
     model, saved, _, _ = load_model(tmp_path / "run")  # rebuilt from config.json alone
     assert saved.init == str(folder) and model.config.shift and model.attention == Frontier()
+
+
+def test_evoflow_eval_scores_an_imported_checkpoint_before_adaptation(pretrained, capsys):
+    from evoflow.cli import main
+
+    folder, _, _ = pretrained
+    assert main(["eval", str(folder), "--data", "docstrings", "--path", "ar", "--json"]) == 0
+    printed = json.loads(capsys.readouterr().out)
+    cfg = TrainConfig(init=str(folder), data="docstrings")
+    rows = prepare(load_corpus("docstrings"), load_tokenizer(folder, max_vocab=cfg.vocab), cfg.seq, 0.05, 0).valid
+    want = score_path(from_hf(folder), rows[: cfg.eval_rows], "ar").bits  # the rows train --init validates on
+    assert printed["scores"][0]["bits"] == pytest.approx(want, rel=1e-9) and printed["step"] == 0
+    with pytest.raises(SystemExit) as exit_:
+        main(["eval", str(folder)])
+    assert exit_.value.code == 2 and "give the text to score (--data)" in capsys.readouterr().err
