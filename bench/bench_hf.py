@@ -2,6 +2,7 @@
 
     .venv/bin/python -m bench.bench_hf decode [--length 256] [--batch 1] [--repeats 3]
     .venv/bin/python -m bench.bench_hf import [--size 1b] [--dtype bfloat16]
+    .venv/bin/python -m bench.bench_hf adapt [--pretrain 300] [--steps 200] [--anneal 100]
 
 ``decode``: a random Llama of the ``demo`` shape (width 128, 4 layers, 4 heads, 2 KV heads, vocabulary 2048)
 saved with ``save_pretrained`` and imported with :func:`evoflow.nn.from_hf`; greedy AR decoding of ``length``
@@ -12,6 +13,11 @@ one process; the tokens must agree. Prints tokens/s (medians) and the ratio evof
 ``import``: a random checkpoint of a :func:`evoflow.nn.get_config` row's body (``1b``: the Llama-3.2-1B body
 with a 32k vocabulary) written as safetensors shards, then imported in a fresh process; prints the import's
 wall time, its peak resident memory, and the size on disk (the goal: peak memory about one copy of the model).
+
+``adapt``: a small Llama (width 64, 2 layers, a 384-token BPE of the docstrings corpus, tied embeddings)
+trained ``--pretrain`` steps as a causal LM with transformers, saved with its tokenizer, scored as imported
+(bits/token along the AR path, exact, and the synchronous 16-step bound) and again after ``evoflow train
+--init`` for ``--steps`` steps (annealing over ``--anneal``), on the same validation rows.
 """
 
 from __future__ import annotations
@@ -164,6 +170,58 @@ def import_cost(args) -> None:
           f"{(peak - floor) / params:.2f} x the model")
 
 
+def adapt(args) -> None:
+    import transformers
+    from tokenizers import Tokenizer
+
+    from evoflow.train.config import TrainConfig
+    from evoflow.train.data import load_corpus, prepare, train_tokenizer
+    from evoflow.train.evaluate import score_path
+    from evoflow.train.loop import Run
+
+    seq, start = 64, time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        root = pathlib.Path(tmp)
+        corpus = load_corpus("docstrings")
+        tok = train_tokenizer(corpus, 384, cache_dir=root / "cache")
+        data = prepare(corpus, tok, seq, 0.05, 0)
+        torch.manual_seed(0)
+        cfg = transformers.LlamaConfig(vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=192,
+                                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                       max_position_embeddings=256, bos_token_id=0, eos_token_id=0,
+                                       tie_word_embeddings=True)
+        causal = transformers.LlamaForCausalLM(cfg)
+        opt = torch.optim.AdamW(causal.parameters(), lr=3e-3)
+        g = torch.Generator().manual_seed(0)
+        for _ in range(args.pretrain):
+            x = data.train[torch.randint(0, len(data.train), (16,), generator=g)]
+            loss = causal(x, labels=x).loss
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        folder = root / "llama"
+        causal.save_pretrained(folder)
+        fast = transformers.PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tok.to_json()),
+                                                    eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+        fast.save_pretrained(folder)
+        rows = data.valid[:64]
+        imported = from_hf(folder)
+        before = {k: score_path(imported, rows, k, 16, t_min=0.2) for k in ("ar", "sync:16")}
+        run_cfg = TrainConfig(init=str(folder), data="docstrings", steps=args.steps, seq=seq, batch=16,
+                              anneal=args.anneal, eval_every=args.steps, eval_rows=64, checkpoint_every=args.steps,
+                              lr=1e-3, min_lr=1e-4, warmup=10)
+        run = Run(run_cfg, root / "run", False, False, lambda *a: None, 0, 1, None)
+        assert torch.equal(run.valid.cpu(), rows)
+        after = run.fit()
+    print(f"adaptation of a small Llama pre-trained {args.pretrain} steps as a causal LM; {args.steps} steps of "
+          f"evoflow train --init, anneal {args.anneal}; 64 validation rows x {seq} tokens, bits/token "
+          f"({time.perf_counter() - start:.0f} s)")
+    print(f"  AR path (exact):     imported {before['ar'].bits:.4f}   adapted {after['val_ar_bits']:.4f}   "
+          f"change {100 * (after['val_ar_bits'] / before['ar'].bits - 1):+.1f}%")
+    print(f"  sync:16 (bound):     imported {before['sync:16'].bits:.3f} +- {before['sync:16'].stderr:.3f}   "
+          f"adapted {after['val_sync_bits']:.3f} +- {after['val_sync_stderr']:.3f}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="what", required=True)
@@ -176,12 +234,18 @@ def main() -> None:
     i.add_argument("--size", default="1b")
     i.add_argument("--dtype", default="bfloat16")
     i.add_argument("--tmp", default=None, help="where to write the checkpoint (default: the system's temp dir)")
+    a = sub.add_parser("adapt")
+    a.add_argument("--pretrain", type=int, default=300)
+    a.add_argument("--steps", type=int, default=200)
+    a.add_argument("--anneal", type=int, default=100)
     args = parser.parse_args()
     if args.what == "decode":
         torch.set_num_threads(args.threads)
         decode(args)
-    else:
+    elif args.what == "import":
         import_cost(args)
+    else:
+        adapt(args)
 
 
 if __name__ == "__main__":
