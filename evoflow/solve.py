@@ -76,12 +76,15 @@ class SolveResult:
 
 def integrate(field: Field, solver: Solver, state: State, controller: Controller,
               generator: torch.Generator | None = None, record: bool = False,
-              record_times: bool | None = None) -> SolveResult:
+              record_times: bool | None = None, restrict: bool = False) -> SolveResult:
     """Run ``solver`` from ``controller.start()`` until the controller stops; the one solve loop (C2).
 
     A solver with ``whole_path`` integrates a grid fixed in advance at once (one ``odeint`` for the
     torchdiffeq adapter); otherwise, and under adaptive controllers, the loop takes one step per row.
     ``record`` keeps the visited times and latents, ``record_times`` (default: ``record``) the times only.
+    ``restrict``: each step's evaluations compute ``ehat`` and ``u`` only from the first to the last column
+    that the step moves (:meth:`Field.restrict`); exact for a solver whose tokens outside the step's moving
+    set are left as they are and whose per-token update reads only its own token's field (every solver here).
     The result's ``memory`` is the solver's final memory (a decoder's committed tokens).
     """
     keep_times = record if record_times is None else record_times
@@ -90,18 +93,30 @@ def integrate(field: Field, solver: Solver, state: State, controller: Controller
         state, traj = solver.integrate_grid(field, state, grid, generator, record=record)
         times, t = list(grid), grid[-1]
     else:
-        t = controller.start()
-        times, traj = [t], [state.z]
+        state, t, times, traj = _loop(field, solver, state, controller, generator, record, keep_times, restrict)
+    return SolveResult(z=state.z, tau=t, nfe=field.nfe, logdet=state.logdet,
+                       times=torch.stack(times) if keep_times else None,
+                       trajectory=torch.stack(traj) if record else None, memory=state.memory)
+
+
+def _loop(field: Field, solver: Solver, state: State, controller: Controller, generator: torch.Generator | None,
+          record: bool, keep_times: bool, restrict: bool) -> tuple[State, Tensor, list[Tensor], list[Tensor]]:
+    """The step-by-step loop of :func:`integrate`: the final state and times, the visited times and latents."""
+    t = controller.start()
+    times, traj = [t], [state.z]
+    try:
         while (t_to := controller.next(t, state, field)) is not None:
+            if restrict:
+                field.restrict(t, t_to)
             state = solver.step(field, state, t, t_to, generator)
             t = t_to
             if keep_times:
                 times.append(t)
             if record:  # the latents of every row are kept only when asked for
                 traj.append(state.z)
-    return SolveResult(z=state.z, tau=t, nfe=field.nfe, logdet=state.logdet,
-                       times=torch.stack(times) if keep_times else None,
-                       trajectory=torch.stack(traj) if record else None, memory=state.memory)
+    finally:
+        field.restrict(None)
+    return state, t, times, traj
 
 
 def check_latents(z: Tensor, denoiser) -> None:

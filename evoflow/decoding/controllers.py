@@ -9,9 +9,10 @@ active window by
     Delta_i = min_step + (max_step - min_step) (1 - u_i)^kappa,      t_i' = max(0, t_i - Delta_i),
 
 ``u_i`` in [0, 1] the token's uncertainty (normalised entropy, ``1 - max p`` or the model's time
-estimate), commits a token when it reaches 0 or its largest probability reaches ``commit_threshold``,
-keeps the frontier ``t_i <= t_{i+1}`` when asked, commits at least ``min_commits`` tokens of every
-unfinished sequence per call, and commits everything left at the call that reaches ``max_calls``.
+estimate; computed at the window's tokens only), takes no step shorter than ``min_move``, commits a
+token when it reaches 0 or its largest probability reaches ``commit_threshold``, keeps the frontier
+``t_i <= t_{i+1}`` when asked, commits at least ``min_commits`` tokens of every unfinished sequence per
+call, and commits everything left at the call that reaches ``max_calls``.
 Limits (C14): ``window=1, min_step=max_step=1`` is AR decoding, token for token;
 ``window >= L, min_step=max_step=1/K, min_commits=0`` is synchronous K-step decoding.
 """
@@ -29,7 +30,7 @@ from evoflow.paths import Path, Synchronous, as_grid
 from evoflow.solve import Controller, GridController
 from evoflow.solvers.base import State
 
-__all__ = ["EvoController", "path_controller", "uncertainty_of"]
+__all__ = ["EvoController", "path_controller", "uncertainty_of", "window_index", "window_uncertainty"]
 
 UNCERTAINTIES = ("entropy", "maxprob", "time_head")
 _SNAP = 1e-12  # times within this of 0 are 0, as grids snap (THEORY section 4)
@@ -55,7 +56,9 @@ class EvoController:
     """Evo's adaptive decoding path (THEORY section 4, C14): per-token steps from uncertainty in an active window.
 
     ``window`` tokens (the leftmost not yet committed) move per call; each by
-    ``min_step + (max_step - min_step) (1 - u)^kappa`` with ``u`` from ``uncertainty``; a token commits at
+    ``min_step + (max_step - min_step) (1 - u)^kappa`` with ``u`` from ``uncertainty``, except that a step
+    shorter than ``min_move`` is not taken (the token keeps its time: an unsure token stays at pure noise
+    ``t = 1`` rather than drift off it by a step too small to inform it; 0: every step is taken); a token commits at
     ``t = 0`` or when its largest probability reaches ``commit_threshold`` (None: never early);
     ``frontier`` keeps every token at least as far along as its right neighbour (a token is slowed to
     its left neighbour's time, never forced ahead); every unfinished sequence commits at least
@@ -72,7 +75,7 @@ class EvoController:
 
     def __init__(self, window: int = 32, min_step: float = 0.0, max_step: float = 1.0, kappa: float = 16.0,
                  uncertainty: str = "entropy", frontier: bool = True, commit_threshold: float | None = 0.99,
-                 max_calls: int | None = None, min_commits: int = 1):
+                 max_calls: int | None = None, min_commits: int = 1, min_move: float = 0.0):
         self.window = as_int(window, "window", minimum=1)
         self.min_step = as_float(min_step, "min_step", low=0.0, high=1.0)
         self.max_step = as_float(max_step, "max_step", low=0.0, high=1.0, low_open=True)
@@ -89,9 +92,11 @@ class EvoController:
             commit_threshold, "commit_threshold", low=0.0, high=1.0, low_open=True)
         self.max_calls = None if max_calls is None else as_int(max_calls, "max_calls", minimum=1)
         self.min_commits = as_int(min_commits, "min_commits", minimum=0)
-        if self.min_step == 0 and self.min_commits == 0 and self.max_calls is None:
-            raise ValueError("min_step: with min_step = 0, min_commits = 0 and no max_calls a decoding may never "
-                             "finish; give min_step > 0, min_commits >= 1 or max_calls")
+        self.min_move = as_float(min_move, "min_move", low=0.0, high=1.0)
+        if (self.min_step == 0 or self.min_step < self.min_move) and self.min_commits == 0 and self.max_calls is None:
+            raise ValueError("min_step: with min_step = 0 (or below min_move), min_commits = 0 and no max_calls a "
+                             "decoding may never finish; give min_step > 0 (and >= min_move), min_commits >= 1 "
+                             "or max_calls")
 
     def begin(self, tau0: Tensor) -> Controller:
         """A fresh controller for one decoding that starts at ``tau0`` (B, L) (prompt at 0, the rest at 1)."""
@@ -101,7 +106,7 @@ class EvoController:
         return (f"EvoController(window={self.window}, min_step={self.min_step:g}, max_step={self.max_step:g}, "
                 f"kappa={self.kappa:g}, uncertainty={self.uncertainty!r}, frontier={self.frontier}, "
                 f"commit_threshold={self.commit_threshold}, max_calls={self.max_calls}, "
-                f"min_commits={self.min_commits})")
+                f"min_commits={self.min_commits}, min_move={self.min_move:g})")
 
 
 def uncertainty_of(kind: str, logits: Tensor | None, time: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -123,12 +128,38 @@ def uncertainty_of(kind: str, logits: Tensor | None, time: Tensor | None) -> tup
     return u.clamp(0.0, 1.0), top
 
 
+def window_index(open_: Tensor, window: int) -> Tensor:
+    """Per row of ``open_`` (B, L) bool, the positions (B, min(window, L)) of its first ``window`` open tokens
+    (the Evo controller's active window, THEORY section 4), in order; ``L`` where a row has fewer (no host
+    read: the k-th open token is the first position whose running count of open tokens reaches k)."""
+    B, L = open_.shape
+    count = open_.long().cumsum(-1)  # non-decreasing per row
+    k = torch.arange(1, min(window, L) + 1, device=open_.device).expand(B, -1).contiguous()
+    return torch.searchsorted(count, k)
+
+
+def window_uncertainty(kind: str, out, open_: Tensor, window: int) -> tuple[Tensor, Tensor]:
+    """:func:`uncertainty_of` of the output ``out`` computed only at the first ``window`` open tokens of each row
+    (the active window, THEORY section 4), as (u, max p) (B, L) in float64; elsewhere u = 1 and max p = 0
+    (values the controller never reads). O(B window V), not O(B L V)."""
+    B, L = open_.shape
+    idx = window_index(open_, window)  # (B, W), L where absent
+    at = idx.clamp_max(L - 1)
+    logits = None if out.logits is None else out.logits.gather(1, at[..., None].expand(-1, -1, out.logits.shape[-1]))
+    time = None if out.time is None else out.time.gather(1, at)
+    u_w, top_w = uncertainty_of(kind, logits, time)
+    u = torch.ones((B, L + 1), dtype=torch.float64, device=open_.device).scatter_(1, idx, u_w)  # column L: absent
+    top = torch.zeros((B, L + 1), dtype=torch.float64, device=open_.device).scatter_(1, idx, top_w)
+    return u[:, :L], top[:, :L]
+
+
 class _EvoRun(Controller):
     """One decoding under an :class:`EvoController`; counts each sequence's calls for ``max_calls``."""
 
     def __init__(self, cfg: EvoController, tau0: Tensor):
         self.cfg, self.tau0 = cfg, tau0.to(torch.float64)
         self.calls = torch.zeros(tau0.shape[0], dtype=torch.long, device=tau0.device)
+        self._seen: tuple[Tensor, bool] | None = None  # (t, whether a token is open), from horizon's host read
 
     def start(self) -> Tensor:
         return self.tau0
@@ -137,18 +168,26 @@ class _EvoRun(Controller):
         """Positions the next call must cover: every token not pure noise and the active window (C13)."""
         open_ = t > 0
         reach = (t < 1) | (open_ & (open_.long().cumsum(-1) <= self.cfg.window))
-        idx = torch.arange(1, t.shape[1] + 1, device=t.device)[reach.any(0)]
-        return int(idx.max()) if idx.numel() else 1
+        at = torch.arange(1, t.shape[1] + 1, device=t.device)
+        n, any_open = torch.stack([torch.where(reach.any(0), at, 1).max(), open_.any().long()]).tolist()
+        self._seen = (t, bool(any_open))  # one host read serves this call's horizon and next's stop test
+        return n
+
+    def _any_open(self, t: Tensor) -> bool:
+        seen = self._seen
+        return seen[1] if seen is not None and seen[0] is t else bool((t > 0).any())
 
     def next(self, t: Tensor, state: State, field: Field) -> Tensor | None:
         cfg, open_ = self.cfg, t > 0  # (B, L) tokens still to decode
-        if not bool(open_.any()):
+        if not self._any_open(t):
             return None
         out = field(state.z, t).output  # the call the step then reuses
-        u, top = uncertainty_of(cfg.uncertainty, out.logits, out.time)
+        u, top = self._uncertainty(out, open_)
         rank = open_.long().cumsum(-1)  # 1 for the leftmost open token
         active = open_ & (rank <= cfg.window)
         delta = cfg.min_step + (cfg.max_step - cfg.min_step) * (1.0 - u) ** cfg.kappa
+        if cfg.min_move > 0:
+            delta = torch.where(delta >= cfg.min_move, delta, 0.0)
         new = torch.where(active, t - delta, t)
         if cfg.commit_threshold is not None:
             new = torch.where(active & (top >= cfg.commit_threshold), 0.0, new)
@@ -159,6 +198,10 @@ class _EvoRun(Controller):
         self.calls += open_.any(-1)
         return torch.minimum(new, t)
 
+    def _uncertainty(self, out, open_: Tensor) -> tuple[Tensor, Tensor]:
+        """(u, max p) (B, L) at the active window (what :meth:`next` reads), from the call's output."""
+        return window_uncertainty(self.cfg.uncertainty, out, open_, self.cfg.window)
+
     def _force(self, new: Tensor, t: Tensor, active: Tensor, top: Tensor) -> Tensor:
         """At least ``min_commits`` commits per unfinished sequence; everything at the ``max_calls``-th call."""
         cfg, open_ = self.cfg, t > 0
@@ -168,9 +211,7 @@ class _EvoRun(Controller):
         if cfg.min_commits == 0:
             return new
         committed = ((new == 0) & open_).sum(-1, keepdim=True)  # (B, 1)
-        need = (cfg.min_commits - committed).clamp_min(0)
-        if not bool(need.any()):
-            return new
+        need = (cfg.min_commits - committed).clamp_min(0)  # 0 where enough commit already: nothing is chosen
         if cfg.frontier:  # the leftmost open tokens of the window: their left neighbours are committed already
             order = open_.long().cumsum(-1)
             chosen = open_ & (order <= committed + need) & (order <= cfg.window)

@@ -127,7 +127,7 @@ class _Horizon(Controller):
         t_to = self.inner.next(t, state, field)
         if t_to is not None:
             live = ((t < 1) | (t_to != t)).any(0)  # (L,)
-            need = int(torch.arange(1, t.shape[1] + 1, device=t.device)[live].max()) if bool(live.any()) else 1
+            need = int(torch.where(live, torch.arange(1, t.shape[1] + 1, device=t.device), 1).max())  # one host read
             if ahead is not None and need > used:  # the controller's call saw too little: evaluate again
                 field.forget()
             self.view.n = need
@@ -209,7 +209,8 @@ def generate(denoiser, length: int, controller, steps: int | None = None, batch:
         ctrl = _Horizon(ctrl, denoiser)
     field = _CountingField(denoiser)
     hits0 = getattr(denoiser, "hits", 0)
-    out = integrate(field, stepper, State(z=z, memory=stepper.begin(tokens)), ctrl, generator, record_times=True)
+    out = integrate(field, stepper, State(z=z, memory=stepper.begin(tokens)), ctrl, generator, record_times=True,
+                    restrict=True)  # ehat and u (ODE and DDIM solvers) only where the step moves
     final = out.memory.tokens
     if bool((final < 0).any()):
         raise RuntimeError("generate: the controller stopped before every token was committed")

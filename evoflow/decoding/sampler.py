@@ -68,8 +68,7 @@ class TokenSampler:
         if where is None:
             return self._inverse(self.probabilities(logits), u)
         out = torch.zeros(logits.shape[:-1], dtype=torch.long, device=logits.device)
-        if bool(where.any()):
-            out[where] = self._inverse(self.probabilities(logits[where][None]), u[where][None])[0]
+        out[where] = self._inverse(self.probabilities(logits[where][None]), u[where][None])[0]
         return out
 
     @staticmethod
@@ -154,16 +153,17 @@ class Committing(Solver):
              generator: torch.Generator | None = None) -> State:
         mem: _Decoding = state.memory
         commit = (t_to == 0) & (t_from > 0)  # (B, L)
-        if not bool((t_to != t_from).any()):
+        moves, commits = torch.stack([(t_to != t_from).any(), commit.any()]).tolist()  # one host read
+        if not moves:
             return state
         tokens, z = mem.tokens, state.z
-        if bool(commit.any()):
+        if commits:
             v = self.sampler.draw(_logits(field, state.z, t_from), generator, where=commit)
             tokens = torch.where(commit, v, tokens)
         inner_to = torch.where(commit, t_from, t_to)  # committing tokens are not the solver's to move
         moved = self.solver.step(field, replace(state, memory=mem.inner), t_from, inner_to, generator)
         z = moved.z
-        if bool(commit.any()):
+        if commits:
             z = torch.where(commit[..., None], field.embeddings.to(z.dtype)[tokens.clamp_min(0)], z)
         return State(z=z, logdet=moved.logdet, memory=_Decoding(tokens=tokens, inner=moved.memory))
 

@@ -109,6 +109,34 @@ def test_cost_accounting_equals_the_calls_a_wrapper_counts_and_excludes_the_prom
     assert bool((r.times[:, :, :2] == 0).all())
 
 
+@pytest.mark.parametrize("min_move", [0.0, 0.2])
+def test_min_move_leaves_a_token_whose_step_is_shorter_where_it_is(min_move):
+    """Without the frontier (which may shorten a step to a neighbour's time), every step of a token that does not
+    commit is 0 or at least min_move; with min_move = 0 the same decoding takes shorter steps (the test has power)."""
+    oracle = random_markov(6, 8, 3, ef.get_schedule("cosine"), seed=11)
+    evo = EvoController(window=8, min_step=0.0, kappa=1.0, frontier=False, commit_threshold=0.9, min_move=min_move)
+    r = ef.generate(oracle, 8, evo, batch=32, generator=torch.Generator().manual_seed(3))
+    step = r.times[:-1] - r.times[1:]  # (calls, B, L) how far each token moved at each call
+    moved = (step > 0) & (r.times[1:] > 0)  # moved without committing
+    short = moved & (step < 0.2)
+    assert int(moved.sum()) > 20
+    assert bool(short.any()) if min_move == 0 else not bool(short.any())
+    assert bool((r.times[-1] == 0).all())
+
+
+def test_min_move_keeps_an_uncertain_window_at_pure_noise_and_equals_the_block_path():
+    """With min_move above every uncertain token's step and min_commits = window, each call commits the next
+    window from t = 1: the staircase with one jump per block, token for token under the same seed."""
+    oracle = random_markov(6, 8, 3, ef.get_schedule("cosine"), seed=12, sharp=0.5)  # flat: no token is confident
+    evo = EvoController(window=4, kappa=4.0, min_commits=2, commit_threshold=None, min_move=0.5)
+    a = ef.generate(oracle, 8, evo, batch=16, generator=torch.Generator().manual_seed(4))
+    b = ef.generate(oracle, 8, ef.Staircase(2), steps=4, batch=16, generator=torch.Generator().manual_seed(4))
+    assert torch.equal(a.tokens, b.tokens) and torch.equal(a.times, b.times) and a.nfe == b.nfe == 4
+    drift = ef.generate(oracle, 8, EvoController(window=4, kappa=4.0, min_commits=2, commit_threshold=None), batch=16,
+                        generator=torch.Generator().manual_seed(4))
+    assert not torch.equal(drift.times, b.times)  # without min_move the window drifts off t = 1
+
+
 def test_max_calls_caps_every_sequence():
     oracle = random_markov(5, 10, 3, ef.get_schedule("cosine"), seed=6)
     evo = EvoController(window=2, min_step=0.1, max_step=0.2, commit_threshold=None, min_commits=0, max_calls=4)
@@ -171,7 +199,8 @@ def test_bad_input_is_refused_naming_the_argument(table, kwargs, match):
     ({"min_step": 0.6, "max_step": 0.5}, "min_step"), ({"kappa": 0.0}, "kappa"),
     ({"uncertainty": "variance"}, "uncertainty"), ({"commit_threshold": 1.5}, "commit_threshold"),
     ({"max_calls": 0}, "max_calls"), ({"min_step": 0.0, "min_commits": 0}, "min_step"),
-    ({"frontier": 1}, "frontier"),
+    ({"frontier": 1}, "frontier"), ({"min_move": -0.1}, "min_move"), ({"min_move": 1.5}, "min_move"),
+    ({"min_step": 0.1, "min_move": 0.2, "min_commits": 0}, "min_step"),
 ])
 def test_bad_controller_settings_are_refused_naming_the_argument(kwargs, match):
     with pytest.raises((ValueError, TypeError), match=match):
