@@ -88,22 +88,47 @@ class _CountingField(Field):
 class _Truncated:
     """The denoiser called on the first ``n`` positions only, for a denoiser whose outputs do not depend on a
     suffix of pure-noise tokens (``hides_noise``: the Transformer under ``Frontier``, C13); positions from ``n``
-    on, which the step neither reads nor moves, get uniform logits and time 1."""
+    on, which the step neither reads nor moves, get uniform logits and time 1. With ``ahead`` (set when the
+    last of the ``n`` positions is pure noise in every row) a denoiser that ``reads_ahead`` (a shifted model:
+    the output of a pure-noise token reads the state before it, C13) is called on ``n - 1`` positions and
+    returns the n-th output as well, so that AR decoding computes only the token it has just committed. Through
+    a KV cache (a denoiser with ``chunk``) only the positions after the cached prefix are computed and copied;
+    the prefix, committed, gets uniform logits like the suffix."""
 
     def __init__(self, denoiser):
         self.denoiser, self.schedule, self.embeddings = denoiser, denoiser.schedule, denoiser.embeddings
+        self.reads_ahead = bool(getattr(denoiser, "reads_ahead", False))
         self.n: int | None = None
+        self.ahead = False
 
     @property
     def hits(self) -> int:
         """The wrapped denoiser's cache hits (0 without a cache)."""
         return getattr(self.denoiser, "hits", 0)
 
+    @staticmethod
+    def _placed(offset: int, out: DenoiserOutput, shape: torch.Size) -> DenoiserOutput:
+        """Outputs of positions ``offset ..`` placed in full-length ones: uniform logits and time 1 elsewhere (the
+        cached committed prefix, which no step reads or moves, and the pure-noise suffix)."""
+        B, L, _ = shape
+        logits = out.logits.new_zeros((B, L, out.logits.shape[-1]))
+        logits[:, offset : offset + out.logits.shape[1]] = out.logits
+        time = None
+        if out.time is not None:
+            time = out.time.new_ones((B, L))
+            time[:, offset : offset + out.time.shape[1]] = out.time
+        return DenoiserOutput(logits=logits, time=time)
+
     def __call__(self, z: Tensor, tau: Tensor) -> DenoiserOutput:
-        n, L = self.n, z.shape[1]
-        if n is None or n >= L:
+        L = z.shape[1]
+        n = L if self.n is None else min(self.n, L)
+        m, extra = (n - 1, {"ahead": 1}) if self.ahead else (n, {})
+        chunk = getattr(self.denoiser, "chunk", None)
+        if callable(chunk):  # a KV cache: only positions after its committed prefix are computed and copied
+            return self._placed(*chunk(z[:, :m], tau[:, :m], **extra), z.shape)
+        if n == L and not self.ahead:
             return self.denoiser(z, tau)
-        out = self.denoiser(z[:, :n], tau[:, :n])
+        out = self.denoiser(z[:, :m], tau[:, :m], **extra)
 
         def pad(v: Tensor | None, fill: float) -> Tensor | None:
             return None if v is None else torch.cat([v, v.new_full((v.shape[0], L - n, *v.shape[2:]), fill)], 1)
@@ -124,13 +149,16 @@ class _Horizon(Controller):
     def next(self, t: Tensor, state: State, field: Field) -> Tensor | None:
         ahead = getattr(self.inner, "horizon", None)
         used = self.view.n = t.shape[1] if ahead is None else ahead(t)
+        self.view.ahead = False
         t_to = self.inner.next(t, state, field)
         if t_to is not None:
             live = ((t < 1) | (t_to != t)).any(0)  # (L,)
-            need = int(torch.where(live, torch.arange(1, t.shape[1] + 1, device=t.device), 1).max())  # one host read
+            last = torch.where(live, torch.arange(1, t.shape[1] + 1, device=t.device), 1).max()  # (): the horizon
+            noise = (t.index_select(1, (last - 1).view(1)) == 1).all() & (last >= 2)  # the last one is pure noise
+            need, noise = (int(v) for v in torch.stack([last, noise.long()]).tolist())  # one host read
             if ahead is not None and need > used:  # the controller's call saw too little: evaluate again
                 field.forget()
-            self.view.n = need
+            self.view.n, self.view.ahead = need, bool(noise) and self.view.reads_ahead
         return t_to
 
 

@@ -149,6 +149,7 @@ class CachedDenoiser:
         """Forget the cached prefix."""
         self.cache: FrontierCache | None = None
         self._z = self._logits = self._time = None
+        self._assembled = True  # _logits and _time hold the prefix's outputs (until chunk() is used)
 
     def _valid_for(self, z: Tensor, tau: Tensor) -> bool:
         if self.cache is None or self.cache.batch != z.shape[0] or self.cache.length > z.shape[1]:
@@ -161,21 +162,36 @@ class CachedDenoiser:
         """Whether a call may ask for one output past its end (``ahead=1``: a shifted model, C13)."""
         return bool(getattr(self.model.config, "shift", False))
 
-    def __call__(self, z: Tensor, tau: Tensor, ahead: int = 0) -> DenoiserOutput:
+    def chunk(self, z: Tensor, tau: Tensor, ahead: int = 0) -> tuple[int, DenoiserOutput]:
+        """``(P, outputs of positions P ..)``: what ``model(z, tau, attention=Frontier())`` returns from the first
+        position after the cached prefix on (one more with ``ahead=1``), computing only those, and without
+        assembling the prefix's outputs (a decoder never reads them: its tokens are committed; C12)."""
+        P, out = self._chunk(z, tau, ahead)
+        self._assembled = False  # the prefix's outputs were not kept: a later __call__ starts afresh
+        return P, out
+
+    def _chunk(self, z: Tensor, tau: Tensor, ahead: int) -> tuple[int, DenoiserOutput]:
         if not isinstance(z, Tensor) or z.ndim != 3 or not isinstance(tau, Tensor) or tau.ndim != 2:
             raise ValueError("z must have shape (B, L, d) and tau (B, L)")
         if not self._valid_for(z, tau):
             self.reset()
             self.cache = FrontierCache(len(self.model.blocks), z.shape[0], capacity=z.shape[1] + ahead)
-            self._z, self._logits, self._time = z[:, :0].detach(), None, None
+            self._z = z[:, :0].detach()
         P = self.cache.length
         self.hits += P * z.shape[0]
         if z.shape[1] == P and not ahead:
-            return DenoiserOutput(logits=self._logits, time=self._time)
+            B, V = z.shape[0], self.model.config.vocab
+            return P, DenoiserOutput(logits=z.new_zeros((B, 0, V)), time=z.new_zeros((B, 0)))
         out = self.model(z[:, P:], tau[:, P:], attention=Frontier(), cache=self.cache, ahead=ahead)
+        self._z = torch.cat([self._z, z[:, P : self.cache.length].detach()], dim=1)
+        return P, out
+
+    def __call__(self, z: Tensor, tau: Tensor, ahead: int = 0) -> DenoiserOutput:
+        if not self._assembled:
+            self.reset()
+        P, out = self._chunk(z, tau, ahead)
         n = self.cache.length - P
         logits = out.logits if self._logits is None else torch.cat([self._logits, out.logits], dim=1)
         time = out.time if self._time is None else torch.cat([self._time, out.time], dim=1)
-        self._z = torch.cat([self._z, z[:, P : P + n].detach()], dim=1)
         self._logits, self._time = logits[:, : P + n].detach(), time[:, : P + n].detach()
         return DenoiserOutput(logits=logits, time=time)

@@ -209,6 +209,12 @@ class EvoTransformer(nn.Module):
         return self.attention.hides_noise
 
     @property
+    def reads_ahead(self) -> bool:
+        """Whether a call may ask for one output past its end (``ahead=1``): a shifted model (``config.shift``),
+        whose pure-noise token reads the state before it (C13)."""
+        return self.config.shift
+
+    @property
     def embeddings(self) -> Tensor:
         """The latent embedding table E (V, d_latent) that the forward process noises (THEORY section 2):
         rows rescaled to norm sqrt(d_latent) unless ``config.embedding == "learned"``, times ``latent_scale``."""

@@ -244,3 +244,31 @@ def test_ar_decoding_with_the_cache_computes_two_positions_per_call():
     # and the next one: O(1) positions per call, however long the prefix
     assert r.nfe == 10 and seen == [3] + [2] * 9
     assert r.cache_hits == 2 * sum(range(2, 11))  # rows x cached prefix at each call after the first
+
+
+def test_a_shifted_model_decodes_ar_with_one_position_per_call():
+    """With ``shift`` the token about to be drawn reads the state before it (``ahead=1``), so cached AR decoding
+    computes only the token just committed, and draws the same tokens as the uncached full computation."""
+    from evoflow.nn import CachedDenoiser, EvoTransformer, get_config
+
+    torch.manual_seed(0)
+    model = EvoTransformer(get_config("tiny", shift=True)).eval()
+    seen = []
+    hook = model.register_forward_pre_hook(lambda m, args: seen.append(args[0].shape[1]))
+    r = ef.generate(CachedDenoiser(model), 12, ef.Staircase(1), batch=2, prompt=[1, 2],
+                    generator=torch.Generator().manual_seed(4))
+    hook.remove()
+    assert r.nfe == 10 and seen == [2] + [1] * 9  # the prompt, then one position per call
+    full = ef.generate(_Plain(model), 12, ef.Staircase(1), batch=2, prompt=[1, 2],
+                       generator=torch.Generator().manual_seed(4))
+    assert torch.equal(r.tokens, full.tokens)
+
+
+class _Plain:
+    """A model seen through the bare denoiser interface (no cache, no truncation): every call computes all."""
+
+    def __init__(self, model):
+        self.model, self.schedule, self.embeddings = model, model.schedule, model.embeddings
+
+    def __call__(self, z, tau):
+        return self.model(z, tau)
