@@ -110,3 +110,19 @@ def test_evoflow_eval_scores_an_imported_checkpoint_before_adaptation(pretrained
     with pytest.raises(SystemExit) as exit_:
         main(["eval", str(folder)])
     assert exit_.value.code == 2 and "give the text to score (--data)" in capsys.readouterr().err
+
+
+def test_the_command_line_starts_a_run_from_a_checkpoint_directory(pretrained, tmp_path, capsys):
+    from evoflow.cli import main
+
+    folder, _, _ = pretrained
+    out = tmp_path / "cli-run"
+    assert main(["train", "--init", str(folder), "--data", "docstrings", "--steps", "2", "--seq", str(SEQ),
+                 "--batch", "4", "--eval-every", "2", "--checkpoint-every", "2", "--anneal", "2", "--quiet",
+                 "--out", str(out)]) == 0
+    saved = json.loads((out / "config.json").read_text())
+    assert saved["init"] == str(folder) and saved["anneal"] == 2 and saved["model"]["shift"] is True
+    assert "bits/token on the AR path" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        main(["train", "--init", str(tmp_path / "absent"), "--data", "docstrings", "--out", str(tmp_path / "x")])
+    assert exit_.value.code == 2 and "not a directory" in capsys.readouterr().err
