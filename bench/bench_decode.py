@@ -9,9 +9,9 @@ Side by side, interleaved (order rotated every repeat), in one process, on the s
 - ``ar, no cache``: the same decoding recomputing the committed prefix at every call (the frontier pattern
   still leaves the pure-noise suffix out, as an AR model without a KV cache would);
 - ``evo, cache``: :class:`evoflow.EvoController` with its defaults, through the cache;
-- unless ``--quick``, Evo settings of :data:`EVO_ROWS` (its AR limit; ``min_move``, which keeps unsure tokens
-  at t = 1; windows committing 2 or 4 tokens per call) and ``block:2`` (``Staircase(2)``, one jump per block),
-  the fixed path with the calls of the 2-per-call rows, all cached.
+- unless ``--quick``, Evo settings of :data:`EVO_ROWS` (its AR limit; ``min_move=0``, the former default,
+  under which unsure tokens drift off t = 1; windows committing 2 or 4 tokens per call) and ``block:2``
+  (``Staircase(2)``, one jump per block), the fixed path with the calls of the 2-per-call rows, all cached.
 
 Tokens/s count generated tokens only (no prompt here); ``x ar`` is a row's tokens/s over ``ar, cache``'s.
 With a baseline run (``--baseline``, default the ``ar`` run beside ``--run`` when there is one) every row
@@ -34,7 +34,7 @@ from evoflow.nn import CachedDenoiser, EvoTransformer, Frontier, get_config
 
 EVO_ROWS = {  # label: EvoController settings
     "evo, AR limit": dict(window=1, min_step=1.0, max_step=1.0, commit_threshold=None),
-    "evo, min_move": dict(min_move=0.01),
+    "evo, min_move=0": dict(min_move=0.0),
     "evo, w8 k2 mm": dict(window=8, min_commits=2, min_move=0.01),
     "evo, w4 k2 mm": dict(window=4, min_commits=2, min_move=0.01),
     "evo, w4 k4": dict(window=4, min_commits=4),

@@ -2,12 +2,12 @@
 
     .venv/bin/python -m experiments.e05_trained_decoding.run [--runs runs] [--batch 8] [--quick] [--out DIR]
 
-The Evo run of ``evoflow demo`` (newest ``runs/demo-*``; trained first if none) generates ``batch``
-sequences of the training length with AR (``Staircase(1)``), synchronous K, block, rolling, the
-``EvoController`` defaults and (unless ``--quick``) Evo with ``min_move`` and with several commits per call
-beside the block paths whose calls they match, at temperature 1, through the frontier KV cache (AR also
-without it). For each: calls per generated token, tokens/s, and two quality proxies: the AR-only
-baseline's perplexity of the samples (``exp`` of its mean negative log-likelihood per token along its AR
+The Evo run of ``evoflow demo`` (newest ``runs/demo-*``; trained first if none) generates ``batch`` sequences
+of the training length with AR (``Staircase(1)``), synchronous K, block, rolling, the ``EvoController``
+defaults and (unless ``--quick``) Evo with ``min_move=0`` (every step taken, the former default) and with
+several commits per call beside the block paths whose calls they match, at temperature 1, through the frontier
+KV cache (AR also without it). For each: calls per generated token, tokens/s, and two quality proxies: the
+AR-only baseline's perplexity of the samples (``exp`` of its mean negative log-likelihood per token along its AR
 path, float64, C13), and the distinct-n fractions (n = 2, 3) that expose repetition; the held-out text's
 figures are the reference (the baseline's perplexity of real text, its distinct-n). Writes ``results.json``
 and the README's table.
@@ -48,7 +48,7 @@ def controllers(L: int, quick: bool) -> list[tuple[str, object, int | None, bool
     if not quick:
         rows += [(f"sync:{L}", ef.Synchronous(), L, True), ("block:4", ef.Staircase(4), L, True),
                  ("rolling:4", ef.Rolling(4.0), None, True)]
-        rows += [("evo, min_move=0.01", ef.EvoController(min_move=0.01), None, True),
+        rows += [("evo, min_move=0 (every step taken)", ef.EvoController(min_move=0.0), None, True),
                  ("evo, window=8, min_commits=2, min_move=0.01",
                   ef.EvoController(window=8, min_commits=2, min_move=0.01), None, True),
                  ("block:2, one jump", ef.Staircase(2), L // 2, True),

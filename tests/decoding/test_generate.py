@@ -132,8 +132,8 @@ def test_min_move_keeps_an_uncertain_window_at_pure_noise_and_equals_the_block_p
     a = ef.generate(oracle, 8, evo, batch=16, generator=torch.Generator().manual_seed(4))
     b = ef.generate(oracle, 8, ef.Staircase(2), steps=4, batch=16, generator=torch.Generator().manual_seed(4))
     assert torch.equal(a.tokens, b.tokens) and torch.equal(a.times, b.times) and a.nfe == b.nfe == 4
-    drift = ef.generate(oracle, 8, EvoController(window=4, kappa=4.0, min_commits=2, commit_threshold=None), batch=16,
-                        generator=torch.Generator().manual_seed(4))
+    no_floor = EvoController(window=4, kappa=4.0, min_commits=2, commit_threshold=None, min_move=0.0)
+    drift = ef.generate(oracle, 8, no_floor, batch=16, generator=torch.Generator().manual_seed(4))
     assert not torch.equal(drift.times, b.times)  # without min_move the window drifts off t = 1
 
 
