@@ -16,21 +16,11 @@ from evoflow.estimators import Antithetic, LogSNRImportance, PathDistribution, S
 from evoflow.kernels import GaussianKernel, MixtureKernel
 from evoflow.likelihood import flow_log_likelihood, log_likelihood
 from evoflow.oracles import MarkovOracle, TableOracle
-from evoflow.paths import (
-    IndependentTimes,
-    MixtureTimes,
-    Path,
-    PathTimes,
-    PrefixTimes,
-    Rolling,
-    Staircase,
-    Synchronous,
-    TimeSampler,
-    validate_grid,
-)
+from evoflow.paths import Path, Rolling, Staircase, Synchronous, validate_grid
 from evoflow.process import DenoiserOutput
 from evoflow.schedules import Cosine, Linear, LogLinear, Schedule, get_schedule
 from evoflow.solve import SolveResult, solve
+from evoflow.time_samplers import IndependentTimes, MixtureTimes, PathTimes, PrefixTimes, TimeSampler
 
 __all__ = [
     "Antithetic",

@@ -6,7 +6,8 @@ import re
 
 import pytest
 
-MODULES = ["evoflow", "evoflow.schedules", "evoflow.paths", "evoflow.process", "evoflow.field", "evoflow.oracles",
+MODULES = ["evoflow", "evoflow.schedules", "evoflow.paths", "evoflow.time_samplers", "evoflow.process",
+           "evoflow.field", "evoflow.oracles",
            "evoflow.kernels", "evoflow.estimators", "evoflow.solvers", "evoflow.solve", "evoflow.likelihood",
            "evoflow.elbo", "evoflow.verify", "evoflow.verify_report", "evoflow.study", "evoflow.nn",
            "evoflow.arguments", "evoflow.autoregressive", "evoflow.divergence", "evoflow.solvers.landing",

@@ -12,7 +12,8 @@ import evoflow
 ROOT = pathlib.Path(evoflow.__file__).parent
 # lower ranks may be imported by higher ones, never the reverse
 RANK = {
-    "arguments": -1, "schedules": 0, "paths": 1, "process": 1, "divergence": 1.5, "field": 2, "oracles": 2,
+    "arguments": -1, "schedules": 0, "paths": 1, "process": 1, "time_samplers": 1.2, "divergence": 1.5,
+    "field": 2, "oracles": 2,
     "solvers": 3, "solve": 4,
     "kernels": 2, "estimators": 2, "likelihood": 5, "elbo": 5, "autoregressive": 5, "decoding": 5, "study": 6,
     "nn": 7, "train": 7.5, "verify": 8, "verify_report": 8.5, "demo": 8.7, "cli_train": 8.8, "cli_sample": 8.8,
