@@ -14,7 +14,6 @@ which the import does not implement). Either way the model is in eval mode on ``
 
 from __future__ import annotations
 
-import json
 import pathlib
 from dataclasses import dataclass
 
@@ -99,13 +98,11 @@ def parse_device(device) -> torch.device:
 
 def _kind(path: pathlib.Path) -> str:
     """``"run"``, ``"hf"``, or a ``ValueError`` naming ``pretrained`` and saying what was expected."""
+    from evoflow.train.session import is_checkpoint_dir
+
     if (path / "checkpoints").is_dir():
         return "run"
-    try:
-        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        config = None
-    if isinstance(config, dict) and "model_type" in config:
+    if is_checkpoint_dir(path):
         return "hf"
     raise ValueError(f"pretrained: {path} is neither an evoflow run directory (with the checkpoints/ that "
                      f"evoflow train writes) nor a Hugging Face model directory (config.json with a model_type)")

@@ -133,7 +133,20 @@ def hf_config(path: str | pathlib.Path, latent_scale: float | None = None, time_
     options, ``embedding="learned"``, ``d_latent = width``, ``latent_scale`` derived from the embedding when
     None (module docstring); ``options`` override other fields (``schedule``, ``time_freqs``, ``time_width``...)."""
     root = pathlib.Path(path).expanduser()
-    cfg = _read_config(root)
+    return _config(root, _read_config(root), latent_scale, time_conditioning, shift, options)
+
+
+def _config(root: pathlib.Path, cfg: dict, latent_scale: float | None, time_conditioning: bool, shift: bool,
+            options: dict) -> TransformerConfig:
+    """:func:`hf_config` from the parsed config.json ``cfg``; a missing field is an :class:`HFImportError`."""
+    try:
+        return _fields(root, cfg, latent_scale, time_conditioning, shift, options)
+    except KeyError as error:
+        raise HFImportError(f"{root / 'config.json'}: no {error.args[0]!r} field") from None
+
+
+def _fields(root: pathlib.Path, cfg: dict, latent_scale: float | None, time_conditioning: bool, shift: bool,
+            options: dict) -> TransformerConfig:
     arch = _architecture(cfg, root)
     theta, scaling = _rope(cfg, root)
     width = int(cfg["hidden_size"])
@@ -254,7 +267,7 @@ def import_hf(path: str | pathlib.Path, dtype: torch.dtype = torch.float32, devi
         raise TypeError(f"dtype must be a floating torch.dtype, got {dtype!r}")
     root = pathlib.Path(path).expanduser()
     cfg_json = _read_config(root)
-    config = hf_config(root, latent_scale, time_conditioning, shift, **options)
+    config = _config(root, cfg_json, latent_scale, time_conditioning, shift, options)
     shards = _shards(root)
     with torch.device("meta"):
         model = EvoTransformer(config).to(dtype)  # the dtype first, so that materialising allocates one copy
@@ -271,11 +284,9 @@ def import_hf(path: str | pathlib.Path, dtype: torch.dtype = torch.float32, devi
     if unexpected:
         warnings.warn(f"{root}: {len(unexpected)} checkpoint tensor(s) not used: {', '.join(unexpected[:8])}",
                       stacklevel=2)
-    arch = _architecture(cfg_json, root)
-    report = ImportReport(source=str(root), architecture=arch, bos_id=_token_id(cfg_json, "bos_token_id"),
-                          eos_id=_token_id(cfg_json, "eos_token_id"), latent_scale=config.latent_scale,
-                          unexpected=unexpected,
-                          initialised=initialised)
+    report = ImportReport(source=str(root), architecture=_architecture(cfg_json, root),
+                          bos_id=_token_id(cfg_json, "bos_token_id"), eos_id=_token_id(cfg_json, "eos_token_id"),
+                          latent_scale=config.latent_scale, unexpected=unexpected, initialised=initialised)
     return model.eval(), report
 
 

@@ -8,6 +8,7 @@ tokenized with the run's tokenizer and packed to its sequence length. Nothing is
 
 from __future__ import annotations
 
+import json
 import pathlib
 from dataclasses import dataclass
 
@@ -52,10 +53,16 @@ def load_model(run: str | pathlib.Path) -> tuple[EvoTransformer, TrainConfig, Te
 
 
 def is_checkpoint_dir(path: str | pathlib.Path) -> bool:
-    """Whether ``path`` is a Hugging Face checkpoint directory (config.json, no evoflow checkpoints/), scored as
-    imported (THEORY section 8, C13)."""
+    """Whether ``path`` is a Hugging Face checkpoint directory (a config.json naming a ``model_type``, no evoflow
+    checkpoints/), which is loaded by importing it (THEORY section 8, C13)."""
     path = pathlib.Path(path)
-    return (path / "config.json").is_file() and not (path / "checkpoints").exists()
+    if (path / "checkpoints").exists():
+        return False
+    try:
+        config = json.loads((path / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and "model_type" in config
 
 
 def _load_imported(folder: pathlib.Path, data: str | None) -> LoadedRun:

@@ -191,12 +191,14 @@ def test_a_directory_without_config_json(tmp_path):
     (dict(architectures=["GPT2LMHeadModel"], model_type="gpt2"), "'GPT2LMHeadModel' is not supported"),
     (dict(hidden_act="gelu"), "hidden_act"),
     (dict(rope_parameters={"rope_type": "yarn", "factor": 4.0, "rope_theta": 1e4}), "'yarn' is not supported"),
+    (dict(hidden_size=None), r"config\.json: no 'hidden_size' field"),
     (dict(intermediate_size=48), r"mlp\.\w+_proj\.weight has shape \(\d+, \d+\) but config.json implies"),
 ])
 def test_unsupported_or_inconsistent_configs(checkpoints, tmp_path, edit, match):
     folder = _copy(checkpoints, "llama", tmp_path)
     cfg = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**cfg, **edit}))
+    edited = {k: v for k, v in {**cfg, **edit}.items() if v is not None}  # None: the field is removed
+    (folder / "config.json").write_text(json.dumps(edited))
     with pytest.raises(HFImportError, match=match):
         from_hf(folder)
 
