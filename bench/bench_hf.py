@@ -170,40 +170,51 @@ def import_cost(args) -> None:
           f"{(peak - floor) / params:.2f} x the model")
 
 
-def adapt(args) -> None:
+def pretrained_llama(folder: pathlib.Path, cache: pathlib.Path, seq: int, vocab: int, width: int, ffn: int, steps: int,
+                     tied: bool = False):
+    """(model, packed data): a 2-layer Llama trained ``steps`` steps (batch 16, AdamW 3e-3, seed 0) as a causal LM
+    with transformers on the docstrings corpus under a ``vocab``-token BPE, saved in ``folder`` with its
+    tokenizer (``<|endoftext|>`` as BOS and EOS). Shared by ``adapt`` and tests/train/test_init.py."""
     import transformers
     from tokenizers import Tokenizer
 
-    from evoflow.train.config import TrainConfig
     from evoflow.train.data import load_corpus, prepare, train_tokenizer
+
+    corpus = load_corpus("docstrings")
+    tok = train_tokenizer(corpus, vocab, cache_dir=cache)
+    data = prepare(corpus, tok, seq, 0.05, 0)
+    torch.manual_seed(0)
+    cfg = transformers.LlamaConfig(vocab_size=tok.vocab_size, hidden_size=width, intermediate_size=ffn,
+                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                   max_position_embeddings=2 * seq, bos_token_id=0, eos_token_id=0,
+                                   tie_word_embeddings=tied)
+    model = transformers.LlamaForCausalLM(cfg)
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(0)
+    for _ in range(steps):
+        x = data.train[torch.randint(0, len(data.train), (16,), generator=g)]
+        loss = model(x, labels=x).loss
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    model.save_pretrained(folder)
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tok.to_json()),
+                                                eos_token="<|endoftext|>", bos_token="<|endoftext|>")
+    fast.save_pretrained(folder)
+    return model, data
+
+
+def adapt(args) -> None:
+    from evoflow.train.config import TrainConfig
     from evoflow.train.evaluate import score_path
     from evoflow.train.loop import Run
 
     seq, start = 64, time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp:
         root = pathlib.Path(tmp)
-        corpus = load_corpus("docstrings")
-        tok = train_tokenizer(corpus, 384, cache_dir=root / "cache")
-        data = prepare(corpus, tok, seq, 0.05, 0)
-        torch.manual_seed(0)
-        cfg = transformers.LlamaConfig(vocab_size=tok.vocab_size, hidden_size=64, intermediate_size=192,
-                                       num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                       max_position_embeddings=256, bos_token_id=0, eos_token_id=0,
-                                       tie_word_embeddings=True)
-        causal = transformers.LlamaForCausalLM(cfg)
-        opt = torch.optim.AdamW(causal.parameters(), lr=3e-3)
-        g = torch.Generator().manual_seed(0)
-        for _ in range(args.pretrain):
-            x = data.train[torch.randint(0, len(data.train), (16,), generator=g)]
-            loss = causal(x, labels=x).loss
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
         folder = root / "llama"
-        causal.save_pretrained(folder)
-        fast = transformers.PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tok.to_json()),
-                                                    eos_token="<|endoftext|>", bos_token="<|endoftext|>")
-        fast.save_pretrained(folder)
+        _, data = pretrained_llama(folder, root / "cache", seq=seq, vocab=384, width=64, ffn=192,
+                                   steps=args.pretrain, tied=True)
         rows = data.valid[:64]
         imported = from_hf(folder)
         before = {k: score_path(imported, rows, k, 16, t_min=0.2) for k in ("ar", "sync:16")}

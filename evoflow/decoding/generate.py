@@ -107,17 +107,18 @@ class _Truncated:
         return getattr(self.denoiser, "hits", 0)
 
     @staticmethod
-    def _placed(offset: int, out: DenoiserOutput, shape: torch.Size) -> DenoiserOutput:
-        """Outputs of positions ``offset ..`` placed in full-length ones: uniform logits and time 1 elsewhere (the
-        cached committed prefix, which no step reads or moves, and the pure-noise suffix)."""
-        B, L, _ = shape
-        logits = out.logits.new_zeros((B, L, out.logits.shape[-1]))
-        logits[:, offset : offset + out.logits.shape[1]] = out.logits
-        time = None
-        if out.time is not None:
-            time = out.time.new_ones((B, L))
-            time[:, offset : offset + out.time.shape[1]] = out.time
-        return DenoiserOutput(logits=logits, time=time)
+    def _placed(offset: int, out: DenoiserOutput, length: int) -> DenoiserOutput:
+        """Outputs of positions ``offset ..`` placed in full-length ones: uniform logits, time 1 and ehat 0 elsewhere
+        (the pure-noise suffix, and the cached committed prefix: no step reads or moves either)."""
+
+        def place(v: Tensor | None, fill: float) -> Tensor | None:
+            if v is None:
+                return None
+            full = v.new_full((v.shape[0], length, *v.shape[2:]), fill)
+            full[:, offset : offset + v.shape[1]] = v
+            return full
+
+        return DenoiserOutput(logits=place(out.logits, 0.0), time=place(out.time, 1.0), ehat=place(out.ehat, 0.0))
 
     def __call__(self, z: Tensor, tau: Tensor) -> DenoiserOutput:
         L = z.shape[1]
@@ -125,15 +126,10 @@ class _Truncated:
         m, extra = (n - 1, {"ahead": 1}) if self.ahead else (n, {})
         chunk = getattr(self.denoiser, "chunk", None)
         if callable(chunk):  # a KV cache: only positions after its committed prefix are computed and copied
-            return self._placed(*chunk(z[:, :m], tau[:, :m], **extra), z.shape)
+            return self._placed(*chunk(z[:, :m], tau[:, :m], **extra), L)
         if n == L and not self.ahead:
             return self.denoiser(z, tau)
-        out = self.denoiser(z[:, :m], tau[:, :m], **extra)
-
-        def pad(v: Tensor | None, fill: float) -> Tensor | None:
-            return None if v is None else torch.cat([v, v.new_full((v.shape[0], L - n, *v.shape[2:]), fill)], 1)
-
-        return DenoiserOutput(logits=pad(out.logits, 0.0), time=pad(out.time, 1.0), ehat=pad(out.ehat, 0.0))
+        return self._placed(0, self.denoiser(z[:, :m], tau[:, :m], **extra), L)
 
 
 class _Horizon(Controller):

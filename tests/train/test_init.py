@@ -13,9 +13,10 @@ import pytest
 import torch
 
 import evoflow as ef
+from bench.bench_hf import pretrained_llama
 from evoflow.nn import Frontier, from_hf
 from evoflow.train.config import TrainConfig
-from evoflow.train.data import load_corpus, load_tokenizer, prepare, train_tokenizer
+from evoflow.train.data import load_corpus, load_tokenizer, prepare
 from evoflow.train.evaluate import score_path
 from evoflow.train.loop import Run, reach
 from evoflow.train.session import load_model
@@ -26,33 +27,11 @@ SEQ = 32
 
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
-    """(directory, validation rows): a causal LM trained 60 steps on docstrings, with its tokenizer.json."""
-    from tokenizers import Tokenizer
-
+    """(directory, validation rows, model): a causal LM trained 60 steps on docstrings, with its tokenizer.json."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("llama")
-    corpus = load_corpus("docstrings")
-    tok = train_tokenizer(corpus, 320, cache_dir=root / "cache")
-    data = prepare(corpus, tok, SEQ, 0.05, 0)
-    torch.manual_seed(0)
-    cfg = transformers.LlamaConfig(vocab_size=tok.vocab_size, hidden_size=48, intermediate_size=128,
-                                   num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                   max_position_embeddings=128, bos_token_id=0, eos_token_id=0)
-    model = transformers.LlamaForCausalLM(cfg)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    g = torch.Generator().manual_seed(0)
-    for _ in range(60):
-        x = data.train[torch.randint(0, len(data.train), (16,), generator=g)]
-        loss = model(x, labels=x).loss
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    folder = root / "hf"
-    model.save_pretrained(folder)
-    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=Tokenizer.from_str(tok.to_json()),
-                                                eos_token="<|endoftext|>", bos_token="<|endoftext|>")
-    fast.save_pretrained(folder)
-    return folder, data.valid[:32], model
+    model, data = pretrained_llama(root / "hf", root / "cache", seq=SEQ, vocab=320, width=48, ffn=128, steps=60)
+    return root / "hf", data.valid[:32], model
 
 
 def test_the_config_is_derived_once_and_saved(pretrained, tmp_path):
